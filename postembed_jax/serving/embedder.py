@@ -1,0 +1,122 @@
+"""Texts -> embeddings with as little padding as possible: the one inference path for batch jobs, eval and serving.
+
+Texts are tokenised, sorted by length, grouped into batches and padded to the next of a few bucket lengths (and
+batch sizes), so XLA compiles a handful of shapes and almost no compute goes to padding.
+"""
+
+from __future__ import annotations
+
+import bisect
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from postembed_jax.models import hf_io
+
+DEFAULT_BUCKETS = (16, 32, 48, 64, 96, 128, 192, 256, 384, 512)
+
+
+def bucket_lengths(max_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple[int, ...]:
+  return tuple(sorted({b for b in buckets if b < max_length} | {max_length}))
+
+
+def pad_to_bucket(token_ids: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int, rows: int | None = None):
+  """Right-pad a group of token id lists to the smallest bucket that fits the longest; returns (ids, mask)."""
+  longest = max((len(t) for t in token_ids), default=1)
+  length = buckets[min(bisect.bisect_left(buckets, longest), len(buckets) - 1)]
+  rows = rows or len(token_ids)
+  ids = np.full((rows, length), pad_id, np.int32)
+  mask = np.zeros((rows, length), np.int32)
+  for i, t in enumerate(token_ids):
+    t = t[:length]
+    ids[i, : len(t)] = t
+    mask[i, : len(t)] = 1
+  return ids, mask
+
+
+class Embedder:
+  """A frozen tower plus its tokenizer; ``embed`` keeps input order, ``embed_stream`` bounds memory."""
+
+  def __init__(self, model: nnx.Module, tokenizer, *, max_length: int = 256, batch_size: int = 64,
+               name: str = "model"):
+    self.tokenizer = tokenizer
+    self.max_length = max_length
+    self.batch_size = batch_size
+    self.name = name
+    self.dim = model.output_dim
+    self.buckets = bucket_lengths(max_length)
+    self._batch_buckets = tuple(sorted({min(2**i, batch_size) for i in range(batch_size.bit_length() + 1)}))
+    graphdef, state = nnx.split(model)
+    self._state = state
+
+    @jax.jit
+    def forward(state, ids, mask):
+      return nnx.merge(graphdef, state)(ids, mask, deterministic=True)
+
+    self._forward = forward
+
+  @classmethod
+  def from_pretrained(cls, name_or_dir: str | Path, *, max_length: int | None = None, batch_size: int = 64,
+                      dtype=jnp.float32, **tower) -> "Embedder":
+    """``tower`` overrides pooling / normalize / embed_dim (see hf_io.load_pretrained)."""
+    model, tokenizer, settings = hf_io.load_pretrained(name_or_dir, dtype=dtype, **tower)
+    return cls(model, tokenizer, max_length=max_length or settings.max_length, batch_size=batch_size,
+               name=str(name_or_dir))
+
+  def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+    return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
+                          add_special_tokens=True)["input_ids"]
+
+  def embed_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
+    """Embeds one batch (<= batch_size rows) of token id lists."""
+    n = len(token_ids)
+    rows = self._batch_buckets[bisect.bisect_left(self._batch_buckets, n)]
+    ids, mask = pad_to_bucket(token_ids, self.buckets, self.tokenizer.pad_token_id, rows=rows)
+    out = self._forward(self._state, ids, mask)
+    return np.asarray(out[:n], np.float32)
+
+  def embed(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:
+    out = np.zeros((len(texts), self.dim), np.float32)
+    for positions, vectors in self._embed_sorted(self.tokenize(texts), progress=progress):
+      out[positions] = vectors
+    return out
+
+  def _embed_sorted(self, token_ids: list[list[int]], *, progress: bool = False,
+                    bar: tqdm | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    order = np.argsort([len(t) for t in token_ids], kind="stable")
+    own_bar = bar is None and progress
+    bar = tqdm(total=len(token_ids), unit="post", desc="embed") if own_bar else bar
+    for start in range(0, len(order), self.batch_size):
+      positions = order[start: start + self.batch_size]
+      yield positions, self.embed_token_ids([token_ids[i] for i in positions])
+      if bar is not None:
+        bar.update(len(positions))
+    if own_bar:
+      bar.close()
+
+  def embed_stream(self, records: Iterable[tuple[object, str]], *, chunk_size: int = 4096,
+                   progress: bool = False) -> Iterator[tuple[list, np.ndarray]]:
+    """Yields (ids, embeddings) per chunk of ``chunk_size`` records, so memory stays flat on any input size."""
+    bar = tqdm(unit="post", desc="embed", disable=not progress)
+    chunk: list[tuple[object, str]] = []
+
+    def flush():
+      ids = [r[0] for r in chunk]
+      vectors = np.zeros((len(chunk), self.dim), np.float32)
+      for positions, v in self._embed_sorted(self.tokenize([r[1] for r in chunk]), bar=bar):
+        vectors[positions] = v
+      return ids, vectors
+
+    for record in records:
+      chunk.append(record)
+      if len(chunk) == chunk_size:
+        yield flush()
+        chunk = []
+    if chunk:
+      yield flush()
+    bar.close()

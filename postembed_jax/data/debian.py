@@ -619,9 +619,15 @@ def prepare(config=None, *, data_dir: str | None = None, progress: bool = False
   """Builds the dataset if it is not on disk yet; returns the ready builder."""
   builder = make_builder(config, data_dir=data_dir, progress=progress)
   if not builder.is_prepared():
-    builder.download_and_prepare(
-        download_config=tfds.download.DownloadConfig(try_download_gcs=False))
+    builder.download_and_prepare(download_config=download_config())
   return builder
+
+
+def download_config(force: bool = False) -> tfds.download.DownloadConfig:
+  """Never asks GCS for a prebuilt copy; `force` regenerates an existing build."""
+  mode = (tfds.download.GenerateMode.REUSE_CACHE_IF_EXISTS if force
+          else tfds.download.GenerateMode.REUSE_DATASET_IF_EXISTS)
+  return tfds.download.DownloadConfig(try_download_gcs=False, download_mode=mode)
 
 
 def load_records(split: str, *, data_dir: str | None = None, config=None) -> list[dict[str, Any]]:

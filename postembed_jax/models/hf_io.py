@@ -126,21 +126,22 @@ def load_encoder_weights(model: PostEncoder, weights: dict[str, np.ndarray], sou
   state = nnx.state(model, nnx.Param)
   flat = dict(nnx.to_flat_state(state))
   filled = set()
-  for raw_name, tensor in weights.items():
+  for raw_name in sorted(weights):
     name = _strip_prefix(raw_name)
     if name.startswith(_IGNORED_HF_TENSORS):
       continue
+    tensor = np.asarray(weights[raw_name], np.float32)
     if name not in mapping:
       raise ValueError(f"{source}: unexpected tensor {raw_name!r} {tuple(tensor.shape)} does not belong to a "
                        f"{cfg.model_type} encoder with {cfg.num_layers} layers.")
     path, transpose = mapping[name]
-    value = np.asarray(tensor, np.float32)
-    value = value.T if transpose else value
     var = flat[path]
-    if tuple(var.value.shape) != value.shape:
-      raise ValueError(f"{source}: tensor {raw_name!r} has shape {value.shape} (after layout change) but the "
-                       f"config gives parameter {'.'.join(map(str, path))} shape {tuple(var.value.shape)}.")
-    var.value = jnp.asarray(value, var.value.dtype)
+    expected = tuple(var.get_value().shape)
+    expected = expected[::-1] if transpose else expected
+    if tuple(tensor.shape) != expected:
+      raise ValueError(f"{source}: tensor {raw_name!r} has shape {tuple(tensor.shape)} but config.json implies "
+                       f"{expected} (parameter {'.'.join(map(str, path))}).")
+    var.set_value(jnp.asarray(tensor.T if transpose else tensor, var.get_value().dtype))
     filled.add(name)
   missing = [n for n in mapping if n not in filled]
   if missing:
@@ -194,8 +195,8 @@ def load_pretrained(name_or_dir: str | Path, *, embed_dim: int | None | str = "a
   if settings.embed_dim and settings.embed_dim == stored.embed_dim and (model_dir / "projection.safetensors").exists():
     from safetensors.numpy import load_file
     proj = load_file(str(model_dir / "projection.safetensors"))
-    model.projection.kernel.value = jnp.asarray(proj["kernel"])
-    model.projection.bias.value = jnp.asarray(proj["bias"])
+    model.projection.kernel.set_value(jnp.asarray(proj["kernel"]))
+    model.projection.bias.set_value(jnp.asarray(proj["bias"]))
   return model, load_tokenizer(model_dir), settings
 
 
@@ -204,6 +205,6 @@ def encoder_to_hf(model: PostEncoder) -> dict[str, np.ndarray]:
   flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
   out = {}
   for name, (path, transpose) in hf_parameter_map(model.encoder.cfg).items():
-    value = np.asarray(jax.device_get(flat[path].value), np.float32)
+    value = np.asarray(jax.device_get(flat[path].get_value()), np.float32)
     out[name] = np.ascontiguousarray(value.T if transpose else value)
   return out

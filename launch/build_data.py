@@ -9,7 +9,6 @@ offline. --index_dir reads index files you already have (a dists/<release>/ copy
 """
 
 import argparse
-import json
 import os
 import time
 
@@ -33,16 +32,18 @@ def main():
     cfg.corpus_languages = args.languages
   start = time.time()
   builder = debian.make_builder(cfg, progress=True)
-  if args.force or not builder.is_prepared():
+  built = args.force or not builder.is_prepared()
+  if built:  # The builder prints the statistics while it builds.
     builder.download_and_prepare(download_config=debian.download_config(args.force))
   seconds = time.time() - start
+  builder = debian.make_builder(cfg)  # Re-read dataset info from disk.
+  if not built:
+    print(debian.format_statistics(builder.info.metadata))
   size = sum(os.path.getsize(os.path.join(d, f))
              for d, _, fs in os.walk(builder.data_dir) for f in fs)
-  print(debian.format_statistics(builder.info.metadata))
-  print(f'dataset dir: {builder.data_dir}')
-  print(f'build time: {seconds:.1f} s   on-disk size: {size / 2**20:.1f} MiB')
-  print(json.dumps(builder.info.metadata['files'], indent=1))
-
+  print(f'dataset dir: {builder.data_dir} (release, file hashes and counts: metadata.json)')
+  print(f'{"build" if built else "load"} time: {seconds:.1f} s   '
+        f'on-disk size: {size / 2**20:.1f} MiB')
 
 if __name__ == '__main__':
   main()

@@ -604,6 +604,8 @@ def make_builder(config=None, *, data_dir: str | None = None, progress: bool = F
       arch=get('arch', 'amd64'), languages=_as_list(get('corpus_languages', DEFAULT_LANGUAGES)),
       local_digest=digest)
   data_dir = os.path.expanduser(data_dir or get('data_dir') or DEFAULT_DATA_DIR)
+  if any(c.name == bcfg.name for c in DebianPackages.BUILDER_CONFIGS):
+    bcfg = bcfg.name  # TFDS refuses a custom config named like a registered one.
   return DebianPackages(config=bcfg, data_dir=data_dir, mirror=get('mirror'),
                         cache_dir=get('cache_dir'), index_dir=index_dir, progress=progress)
 

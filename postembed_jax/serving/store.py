@@ -1,0 +1,267 @@
+"""The durable truth of the near-line service: posts, their embeddings, and the queue of posts still to embed.
+
+SQLite in WAL mode. A submission is committed (with synchronous=FULL, on disk) before the API acknowledges it, so
+a crash loses nothing acknowledged, and the queue needs no table of its own: it is the posts whose current
+version is not embedded yet, in submission order. Each post has a stable integer ``key`` (the nearest-neighbour
+index's key) and each stored embedding an increasing ``embed_seq``, so an index saved up to some embed_seq is
+brought up to date by replaying only the embeddings written after it. One process owns a database (a lock file
+enforces it), which keeps the counters in memory simple and exact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import fcntl
+import os
+import sqlite3
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS posts (
+  key INTEGER PRIMARY KEY AUTOINCREMENT,
+  id TEXT NOT NULL UNIQUE,
+  text TEXT NOT NULL,
+  timestamp REAL,
+  submitted_at REAL NOT NULL,
+  seq INTEGER NOT NULL,
+  pending INTEGER NOT NULL,
+  embedding BLOB,
+  embedded_at REAL,
+  embed_seq INTEGER
+);
+CREATE INDEX IF NOT EXISTS queue ON posts(seq) WHERE pending = 1;
+CREATE INDEX IF NOT EXISTS by_embed_seq ON posts(embed_seq) WHERE embed_seq IS NOT NULL;
+CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+
+
+@dataclasses.dataclass(frozen=True)
+class Post:
+  """A post as submitted: ``timestamp`` is the client's creation time (Unix seconds), if it sent one."""
+
+  id: str
+  text: str
+  timestamp: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class QueuedPost:
+  key: int
+  id: str
+  text: str
+  seq: int  # submission order of this version; an edit gets a new one
+  submitted_at: float
+
+
+class QueueFull(Exception):
+  """The worker is behind: accepting more would grow the queue past its bound."""
+
+  def __init__(self, depth: int, incoming: int, max_queue: int):
+    super().__init__(f"{depth} posts are queued and this request adds {incoming}; the limit is {max_queue}.")
+    self.depth = depth
+
+
+class PostStore:
+  """Thread-safe access to one SQLite database (one connection behind a lock; every call is short)."""
+
+  def __init__(self, path: str | Path, *, sync: str = "FULL"):
+    self.path = Path(path)
+    self.path.parent.mkdir(parents=True, exist_ok=True)
+    self._lock_file = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
+    self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+    mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+    if mode.lower() != "wal":
+      raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); is it on a network filesystem?")
+    self._db.execute(f"PRAGMA synchronous={_checked_sync(sync)}")
+    self._db.executescript(_SCHEMA)
+    self._lock = threading.Lock()
+    self._seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM posts")
+    self._embed_seq = self._scalar("SELECT COALESCE(MAX(embed_seq), 0) FROM posts")
+    self.store_id = self._meta("store_id") or self._set_meta("store_id", uuid.uuid4().hex)
+
+  def close(self) -> None:
+    with self._lock:
+      self._db.close()
+      self._lock_file.close()
+
+  @property
+  def last_embed_seq(self) -> int:
+    return self._embed_seq
+
+  @property
+  def model(self) -> tuple[str, int] | None:
+    """(model name, embedding width) of the embeddings held, once a model is bound."""
+    name = self._meta("model")
+    return None if name is None else (name, int(self._meta("dim")))
+
+  def bind_model(self, model: str, dim: int) -> None:
+    """Refuses to mix two models' embeddings in one database; the first model to open it owns it."""
+    if self.model is None:
+      self._set_meta("model", model)
+      self._set_meta("dim", str(dim))
+    elif self.model != (model, dim):
+      raise ValueError(f"{self.path} holds embeddings of model {self.model[0]!r} (dim {self.model[1]}), not "
+                       f"{model!r} (dim {dim}); give this model its own db_path and index_path.")
+
+  def submit(self, posts: Sequence[Post], *, max_queue: int) -> list[str]:
+    """Stores posts in one transaction; per post "created", "updated" (text changed: re-embed) or "unchanged".
+
+    Raises QueueFull, storing nothing, when the posts that would join the queue do not fit.
+    """
+    now = time.time()
+    with self._transaction() as db:
+      statuses, joining = [], 0
+      for post in posts:
+        row = db.execute("SELECT text, timestamp, pending FROM posts WHERE id = ?", (post.id,)).fetchone()
+        if row is not None and row[0] == post.text:
+          if row[1] != post.timestamp:  # only the creation time moved: nothing to re-embed
+            db.execute("UPDATE posts SET timestamp = ? WHERE id = ?", (post.timestamp, post.id))
+          statuses.append("unchanged")
+          continue
+        joining += row is None or not row[2]
+        self._seq += 1
+        db.execute(
+            "INSERT INTO posts (id, text, timestamp, submitted_at, seq, pending) VALUES (?, ?, ?, ?, ?, 1) "
+            "ON CONFLICT (id) DO UPDATE SET text = excluded.text, timestamp = excluded.timestamp, "
+            "submitted_at = excluded.submitted_at, seq = excluded.seq, pending = 1",
+            (post.id, post.text, post.timestamp, now, self._seq))
+        statuses.append("created" if row is None else "updated")
+      depth = self._queue_depth(db) if joining else 0
+      if depth > max_queue:  # raising rolls the whole request back
+        raise QueueFull(depth - joining, joining, max_queue)
+    return statuses
+
+  def next_batch(self, limit: int) -> list[QueuedPost]:
+    """The oldest queued posts, at most ``limit``."""
+    with self._lock:
+      rows = self._db.execute("SELECT key, id, text, seq, submitted_at FROM posts WHERE pending = 1 "
+                              "ORDER BY seq LIMIT ?", (limit,)).fetchall()
+    return [QueuedPost(*r) for r in rows]
+
+  def save_embeddings(self, posts: Sequence[QueuedPost], vectors: np.ndarray) -> np.ndarray:
+    """Stores the embeddings of posts taken from the queue; returns which were stored.
+
+    A post edited after it was taken keeps its place in the queue (its new text still needs embedding), so its
+    now-stale vector is not stored.
+    """
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    stored = np.zeros(len(posts), bool)
+    now = time.time()
+    with self._transaction() as db:
+      seq = self._embed_seq
+      for i, (post, vector) in enumerate(zip(posts, vectors)):
+        cursor = db.execute("UPDATE posts SET embedding = ?, embedded_at = ?, embed_seq = ?, pending = 0 "
+                            "WHERE key = ? AND seq = ?", (vector.tobytes(), now, seq + 1, post.key, post.seq))
+        if cursor.rowcount:
+          seq += 1
+          stored[i] = True
+    self._embed_seq = seq
+    return stored
+
+  def get(self, post_id: str) -> dict | None:
+    """A post with its latest stored embedding (which, while ``pending``, belongs to its previous text)."""
+    with self._lock:
+      row = self._db.execute("SELECT key, id, text, timestamp, submitted_at, pending, embedding, embedded_at "
+                             "FROM posts WHERE id = ?", (post_id,)).fetchone()
+    if row is None:
+      return None
+    key, post_id, text, timestamp, submitted_at, pending, blob, embedded_at = row
+    return dict(key=key, id=post_id, text=text, timestamp=timestamp, submitted_at=submitted_at,
+                status="pending" if pending else "embedded", embedded_at=embedded_at,
+                embedding=None if blob is None else np.frombuffer(blob, np.float32))
+
+  def ids(self, keys: Sequence[int]) -> dict[int, str]:
+    """Post ids of index keys."""
+    return {key: post_id for key, post_id in self._select_in("SELECT key, id FROM posts WHERE key IN ({})",
+                                                              [int(k) for k in keys])}
+
+  def embeddings(self, post_ids: Sequence[str]) -> tuple[list[int], np.ndarray]:
+    """(keys, vectors) of those posts that have an embedding, in the order asked."""
+    rows = dict((post_id, (key, blob)) for post_id, key, blob in self._select_in(
+        "SELECT id, key, embedding FROM posts WHERE embedding IS NOT NULL AND id IN ({})", list(post_ids)))
+    found = [rows[i] for i in dict.fromkeys(post_ids) if i in rows]
+    vectors = np.stack([np.frombuffer(blob, np.float32) for _, blob in found]) if found else None
+    return [key for key, _ in found], vectors
+
+  def embeddings_since(self, embed_seq: int, *, chunk: int = 4096) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(keys, vectors) chunks of the embeddings stored after ``embed_seq``, oldest first."""
+    while True:
+      with self._lock:
+        rows = self._db.execute("SELECT key, embedding, embed_seq FROM posts WHERE embed_seq > ? "
+                                "ORDER BY embed_seq LIMIT ?", (embed_seq, chunk)).fetchall()
+      if not rows:
+        return
+      embed_seq = rows[-1][2]
+      yield (np.array([r[0] for r in rows], np.uint64), np.stack([np.frombuffer(r[1], np.float32) for r in rows]))
+
+  def queue_depth(self) -> int:
+    with self._lock:
+      return self._queue_depth(self._db)
+
+  def counts(self) -> dict[str, int]:
+    with self._lock:
+      posts, embedded = self._db.execute("SELECT COUNT(*), COUNT(embedding) FROM posts").fetchone()
+      return dict(posts=posts, with_embedding=embedded, queued=self._queue_depth(self._db))
+
+  @staticmethod
+  def _queue_depth(db) -> int:
+    return db.execute("SELECT COUNT(*) FROM posts WHERE pending = 1").fetchone()[0]
+
+  @contextlib.contextmanager
+  def _transaction(self):
+    with self._lock:
+      self._db.execute("BEGIN IMMEDIATE")
+      try:
+        yield self._db
+      except BaseException:
+        self._db.execute("ROLLBACK")
+        raise
+      self._db.execute("COMMIT")
+
+  def _select_in(self, sql: str, values: list, *, chunk: int = 500) -> list[tuple]:
+    out = []
+    with self._lock:
+      for start in range(0, len(values), chunk):
+        part = values[start: start + chunk]
+        out += self._db.execute(sql.format(",".join("?" * len(part))), part).fetchall()
+    return out
+
+  def _scalar(self, sql: str):
+    return self._db.execute(sql).fetchone()[0]
+
+  def _meta(self, name: str) -> str | None:
+    row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
+    return row and row[0]
+
+  def _set_meta(self, name: str, value: str) -> str:
+    self._db.execute("INSERT OR REPLACE INTO meta (name, value) VALUES (?, ?)", (name, value))
+    return value
+
+
+def _checked_sync(sync: str) -> str:
+  if sync.upper() not in ("FULL", "NORMAL", "EXTRA"):
+    raise ValueError(f"sync must be FULL, EXTRA or NORMAL (OFF would lose acknowledged posts), not {sync!r}.")
+  return sync.upper()
+
+
+def _lock_exclusively(path: Path):
+  """Holds an flock for the process's lifetime (the kernel drops it when the process dies, even by SIGKILL)."""
+  handle = open(path, "a+")
+  try:
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+  except BlockingIOError:
+    handle.seek(0)
+    holder = handle.read().strip() or "?"
+    handle.close()
+    raise RuntimeError(f"{path.with_suffix('')} is in use by another process (pid {holder}).") from None
+  handle.truncate(0)
+  handle.write(str(os.getpid()))
+  handle.flush()
+  return handle

@@ -594,20 +594,25 @@ def make_builder(config=None, *, data_dir: str | None = None, progress: bool = F
   cache_dir, index_dir and data_dir (all optional).
   """
   get = (lambda k, d=None: config.get(k, d) if config is not None and config.get(k) is not None else d)
-  index_dir = get('index_dir')
+  return _make_builder(
+      get('release', DEFAULT_RELEASE), get('component', 'main'), get('arch', 'amd64'),
+      tuple(_as_list(get('corpus_languages', DEFAULT_LANGUAGES))),
+      os.path.expanduser(data_dir or get('data_dir') or DEFAULT_DATA_DIR),
+      get('mirror'), get('cache_dir'), get('index_dir'), progress)
+
+
+@functools.lru_cache(maxsize=32)
+def _make_builder(release, component, arch, languages, data_dir, mirror, cache_dir, index_dir,
+                  progress) -> DebianPackages:
   digest = None
   if index_dir:
-    info = IndexSource(get('release', DEFAULT_RELEASE), index_dir=index_dir).info
-    digest = info.digest
-  bcfg = DebianPackagesConfig(
-      release=get('release', DEFAULT_RELEASE), component=get('component', 'main'),
-      arch=get('arch', 'amd64'), languages=_as_list(get('corpus_languages', DEFAULT_LANGUAGES)),
-      local_digest=digest)
-  data_dir = os.path.expanduser(data_dir or get('data_dir') or DEFAULT_DATA_DIR)
+    digest = IndexSource(release, index_dir=index_dir).info.digest
+  bcfg = DebianPackagesConfig(release=release, component=component, arch=arch,
+                              languages=languages, local_digest=digest)
   if any(c.name == bcfg.name for c in DebianPackages.BUILDER_CONFIGS):
     bcfg = bcfg.name  # TFDS refuses a custom config named like a registered one.
-  return DebianPackages(config=bcfg, data_dir=data_dir, mirror=get('mirror'),
-                        cache_dir=get('cache_dir'), index_dir=index_dir, progress=progress)
+  return DebianPackages(config=bcfg, data_dir=data_dir, mirror=mirror, cache_dir=cache_dir,
+                        index_dir=index_dir, progress=progress)
 
 
 def _as_list(value) -> list[str]:

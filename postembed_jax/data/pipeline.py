@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import grain
 import ml_collections
 import numpy as np
+import tokenizers
 
 from postembed_jax.data import debian
 from postembed_jax.data import sources
@@ -240,15 +241,17 @@ class _Vocab:
 
   def __init__(self, tokenizer, texts: Sequence[str], max_length: int):
     self.index = {t: i for i, t in enumerate(dict.fromkeys(texts))}
-    ids: list[list[int]] = []
-    unique = list(self.index)
-    for start in range(0, len(unique), 4096):
-      enc = tokenizer(unique[start:start + 4096], truncation=True, max_length=max_length,
-                      add_special_tokens=True)
-      ids.extend(enc['input_ids'])
+    # The Rust tokenizer directly (a copy, so the caller's settings are kept):
+    # same ids as tokenizer(..., truncation=True), without per-text Python work.
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.enable_truncation(max_length)
+    encode = getattr(backend, 'encode_batch_fast', backend.encode_batch)
+    ids = [np.asarray(e.ids, dtype=np.int32)
+           for e in encode(list(self.index), add_special_tokens=True)]
     self.lengths = np.array([len(x) for x in ids], dtype=np.int32)
     self.offsets = np.concatenate([[0], np.cumsum(self.lengths)]).astype(np.int64)
-    self.flat = np.array([i for x in ids for i in x], dtype=np.int32)
+    self.flat = np.concatenate(ids) if ids else np.zeros(0, np.int32)
     self.pad_id = int(tokenizer.pad_token_id or 0)
 
   def pad(self, text_ids: np.ndarray, length: int) -> tuple[np.ndarray, np.ndarray]:
@@ -286,11 +289,7 @@ class _TaskData:
     return len(self.a)
 
 
-def _task_data(name, task, examples, vocab, label_count, process_index, process_count):
-  shard = examples[process_index::process_count]
-  if not shard:
-    raise ValueError(f'Task {name!r} has {len(examples)} examples: too few for '
-                     f'{process_count} hosts')
+def _task_data(name, task, shard, global_count, vocab, label_count):
   if task.kind == 'pair':
     a = np.array([vocab.index[e['left']] for e in shard], dtype=np.int64)
     b = np.array([vocab.index[e['right']] for e in shard], dtype=np.int64)
@@ -302,7 +301,7 @@ def _task_data(name, task, examples, vocab, label_count, process_index, process_
     label = (np.array([e['label'] for e in shard], dtype=np.int32) if not multi
              else np.array([tuple(e['labels']) for e in shard] + [()], dtype=object)[:-1])
   return _TaskData(name=name, kind=task.kind, multi_label=task.kind != 'pair' and multi,
-                   num_labels=label_count, a=a, b=b, label=label, global_count=len(examples))
+                   num_labels=label_count, a=a, b=b, label=label, global_count=global_count)
 
 
 # --------------------------------------------------------------------------
@@ -584,12 +583,17 @@ def make_train_iterator(data_config, tokenizer, *, seed: int, process_index: int
   empty = [n for n, e in examples.items() if not e]
   if empty:
     raise ValueError(f'Tasks {empty} have no training examples')
+  # Each host keeps (and tokenises) only its shard: examples h, h+H, ...
+  shards = {n: ex[process_index::process_count] for n, ex in examples.items()}
+  few = [n for n, ex in shards.items() if not ex]
+  if few:
+    raise ValueError(f'Tasks {few} have too few examples for {process_count} hosts')
   names = {n: label_names(t, config) for n, t in tasks.items()}
-  texts = [v for ex in examples.values() for e in ex
+  texts = [v for ex in shards.values() for e in ex
            for k, v in e.items() if k in ('left', 'right', 'text')]
   vocab = _Vocab(tokenizer, texts, int(config.max_length))
-  datas = {n: _task_data(n, tasks[n], ex, vocab, len(names[n] or ()), process_index,
-                         process_count) for n, ex in examples.items()}
+  datas = {n: _task_data(n, tasks[n], shards[n], len(examples[n]), vocab, len(names[n] or ()))
+           for n in examples}
   probs = task_probabilities(config, {n: d.global_count for n, d in datas.items()})
   rows = config.batch_size // process_count
   buckets = bucket_lengths(config)

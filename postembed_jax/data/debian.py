@@ -21,6 +21,7 @@ import functools
 import glob
 import gzip
 import hashlib
+import json
 import lzma
 import os
 import re
@@ -434,6 +435,13 @@ def assign_splits(records: list[dict[str, Any]]) -> dict[str, str]:
   return out
 
 
+def records_digest(records: Iterable[dict[str, Any]]) -> str:
+  """Order-independent content hash of records (as load_records returns them)."""
+  canon = sorted(json.dumps({k: r[k] for k in RECORD_KEYS}, sort_keys=True, ensure_ascii=False)
+                 for r in records)
+  return hashlib.sha256('\n'.join(canon).encode('utf-8')).hexdigest()
+
+
 def corpus_statistics(splits: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
   """Counts recorded in the dataset info and printed after a build."""
   all_recs = [r for recs in splits.values() for r in recs]
@@ -533,6 +541,8 @@ class DebianPackages(tfds.core.GeneratorBasedBuilder):
         'languages': list(cfg.languages),
         'dropped': dict(sorted(dropped.items())),
         'statistics': stats,
+        # array_record bytes differ between identical builds; compare these instead.
+        'content_sha256': {s: records_digest(recs) for s, recs in splits.items()},
     })
     print(format_statistics(self.info.metadata))
     return {s: self._generate_examples(recs) for s, recs in splits.items()}

@@ -57,6 +57,7 @@ def test_fixture_build_records_metadata(records, data_config):
   assert st['packages'] == sum(len(r) for r in records.values()) > 300
   assert st['packages_per_split'] == {s: len(r) for s, r in records.items()}
   assert meta['dropped'] == {}
+  assert meta['content_sha256'] == {s: debian.records_digest(r) for s, r in records.items()}
   for split in debian.SPLITS:
     assert records[split]
   rec = next(r for r in records['train'] if r['name'] == 'agda')

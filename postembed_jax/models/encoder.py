@@ -109,12 +109,12 @@ class Embeddings(nnx.Module):
     self.position = _embed(rngs, cfg.max_position_embeddings, cfg.hidden_size, (None, "embed"), dtype)
     self.token_type = _embed(rngs, cfg.type_vocab_size, cfg.hidden_size, (None, "embed"), dtype)
     self.norm = _layer_norm(rngs, cfg.hidden_size, cfg.layer_norm_eps, dtype)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout)
 
-  def __call__(self, input_ids, attention_mask, *, deterministic: bool):
+  def __call__(self, input_ids, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None):
     x = (self.word(input_ids) + self.position(position_ids(attention_mask, self.cfg))
          + self.token_type(jnp.zeros_like(input_ids)))
-    return self.dropout(self.norm(x), deterministic=deterministic)
+    return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
 
 
 class SelfAttention(nnx.Module):
@@ -125,15 +125,15 @@ class SelfAttention(nnx.Module):
     self.key = _dense(rngs, h, h, ("embed", "heads"), dtype)
     self.value = _dense(rngs, h, h, ("embed", "heads"), dtype)
     self.output = _dense(rngs, h, h, ("heads", "embed"), dtype)
-    self.dropout = nnx.Dropout(cfg.attention_dropout, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.attention_dropout)
 
-  def __call__(self, x, bias, *, deterministic: bool):
+  def __call__(self, x, bias, *, deterministic: bool, rngs: nnx.Rngs | None):
     b, l, h = x.shape
     split = lambda t: t.reshape(b, l, self.num_heads, h // self.num_heads)
     q, k, v = split(self.query(x)), split(self.key(x)), split(self.value(x))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k).astype(jnp.float32) / jnp.sqrt(h / self.num_heads)
     probs = jax.nn.softmax(scores + bias, axis=-1).astype(x.dtype)
-    probs = self.dropout(probs, deterministic=deterministic)
+    probs = self.dropout(probs, deterministic=deterministic, rngs=rngs)
     ctx = jnp.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, h)
     return self.output(ctx)
 
@@ -147,13 +147,14 @@ class Layer(nnx.Module):
     self.intermediate = _dense(rngs, cfg.hidden_size, cfg.intermediate_size, ("embed", "mlp"), dtype)
     self.output = _dense(rngs, cfg.intermediate_size, cfg.hidden_size, ("mlp", "embed"), dtype)
     self.output_norm = _layer_norm(rngs, cfg.hidden_size, cfg.layer_norm_eps, dtype)
-    self.dropout = nnx.Dropout(cfg.hidden_dropout, rngs=rngs)
+    self.dropout = nnx.Dropout(cfg.hidden_dropout)
     self.act = _ACTIVATIONS[cfg.hidden_act]
 
-  def __call__(self, x, bias, *, deterministic: bool):
-    a = self.dropout(self.attention(x, bias, deterministic=deterministic), deterministic=deterministic)
-    x = self.attention_norm(x + a)
-    m = self.dropout(self.output(self.act(self.intermediate(x))), deterministic=deterministic)
+  def __call__(self, x, bias, *, deterministic: bool, rngs: nnx.Rngs | None):
+    a = self.attention(x, bias, deterministic=deterministic, rngs=rngs)
+    x = self.attention_norm(x + self.dropout(a, deterministic=deterministic, rngs=rngs))
+    m = self.output(self.act(self.intermediate(x)))
+    m = self.dropout(m, deterministic=deterministic, rngs=rngs)
     return self.output_norm(x + m)
 
 
@@ -167,11 +168,12 @@ class TransformerEncoder(nnx.Module):
     self.embeddings = Embeddings(cfg, dtype=dtype, rngs=rngs)
     self.layers = nnx.List([Layer(cfg, dtype=dtype, rngs=rngs) for _ in range(cfg.num_layers)])
 
-  def __call__(self, input_ids, attention_mask, *, deterministic: bool = True):
-    x = self.embeddings(input_ids, attention_mask, deterministic=deterministic)
+  def __call__(self, input_ids, attention_mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+    """``rngs`` (a ``dropout`` stream) is needed only when ``deterministic`` is False."""
+    x = self.embeddings(input_ids, attention_mask, deterministic=deterministic, rngs=rngs)
     bias = jnp.where(attention_mask[:, None, None, :] > 0, 0.0, jnp.finfo(jnp.float32).min)
     for layer in self.layers:
-      x = layer(x, bias, deterministic=deterministic)
+      x = layer(x, bias, deterministic=deterministic, rngs=rngs)
     return x
 
 
@@ -208,8 +210,8 @@ class PostEncoder(nnx.Module):
   def output_dim(self) -> int:
     return self.embed_dim or self.encoder.cfg.hidden_size
 
-  def __call__(self, input_ids, attention_mask, *, deterministic: bool = True):
-    states = self.encoder(input_ids, attention_mask, deterministic=deterministic)
+  def __call__(self, input_ids, attention_mask, *, deterministic: bool = True, rngs: nnx.Rngs | None = None):
+    states = self.encoder(input_ids, attention_mask, deterministic=deterministic, rngs=rngs)
     x = pool(states, attention_mask, self.pooling)
     if self.projection is not None:
       x = self.projection(x)

@@ -25,6 +25,7 @@ _PACKAGED_MODELS = {
 }
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 EXPORT_META = "postembed.json"  # written by our export; absent from plain HF checkpoints
+_DENSE_DIR = "2_Dense"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 _HF_PREFIXES = ("bert.", "roberta.", "model.", "")
 _IGNORED_HF_TENSORS = ("embeddings.position_ids", "pooler.", "cls.", "lm_head.")
@@ -119,13 +120,13 @@ def _strip_prefix(name: str) -> str:
   return name
 
 
-def load_encoder_weights(model: PostEncoder, weights: dict[str, np.ndarray], source: str) -> None:
-  """Copy HF tensors into ``model`` in place, failing on the first missing or mis-shaped tensor."""
-  cfg = model.encoder.cfg
+def encoder_arrays(weights: dict[str, np.ndarray], cfg: EncoderConfig, source: str,
+                   ) -> dict[tuple[Any, ...], np.ndarray]:
+  """HF tensors -> {our parameter path: array in our layout}, failing on the first stray, mis-shaped or
+  missing tensor. Shapes are checked against ``cfg`` without building a model."""
   mapping = hf_parameter_map(cfg)
-  state = nnx.state(model, nnx.Param)
-  flat = dict(nnx.to_flat_state(state))
-  filled = set()
+  expected_shapes = _expected_hf_shapes(cfg)
+  out = {}
   for raw_name in sorted(weights):
     name = _strip_prefix(raw_name)
     if name.startswith(_IGNORED_HF_TENSORS):
@@ -135,17 +136,43 @@ def load_encoder_weights(model: PostEncoder, weights: dict[str, np.ndarray], sou
       raise ValueError(f"{source}: unexpected tensor {raw_name!r} {tuple(tensor.shape)} does not belong to a "
                        f"{cfg.model_type} encoder with {cfg.num_layers} layers.")
     path, transpose = mapping[name]
-    var = flat[path]
-    expected = tuple(var.get_value().shape)
-    expected = expected[::-1] if transpose else expected
-    if tuple(tensor.shape) != expected:
+    if tuple(tensor.shape) != expected_shapes[name]:
       raise ValueError(f"{source}: tensor {raw_name!r} has shape {tuple(tensor.shape)} but config.json implies "
-                       f"{expected} (parameter {'.'.join(map(str, path))}).")
-    var.set_value(jnp.asarray(tensor.T if transpose else tensor, var.get_value().dtype))
-    filled.add(name)
-  missing = [n for n in mapping if n not in filled]
+                       f"{expected_shapes[name]} (parameter {'.'.join(map(str, path))}).")
+    out[path] = np.ascontiguousarray(tensor.T) if transpose else tensor
+  missing = [n for n, (path, _) in mapping.items() if path not in out]
   if missing:
     raise ValueError(f"{source}: checkpoint lacks tensor {missing[0]!r} (and {len(missing) - 1} more).")
+  return out
+
+
+def _expected_hf_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
+  abstract = nnx.eval_shape(lambda: PostEncoder(cfg, embed_dim=None, rngs=nnx.Rngs(0)))
+  flat = dict(nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
+  return {name: tuple(flat[path].shape[::-1] if transpose else flat[path].shape)
+          for name, (path, transpose) in hf_parameter_map(cfg).items()}
+
+
+def tower_arrays(model_dir: Path, cfg: EncoderConfig, embed_dim: int | None) -> dict[tuple[Any, ...], np.ndarray]:
+  """All stored parameters of the tower by path: the encoder, plus the projection when the directory has one
+  of width ``embed_dim`` (an export). A different ``embed_dim`` starts a fresh projection."""
+  arrays = encoder_arrays(read_weights(model_dir), cfg, str(model_dir))
+  dense = model_dir / _DENSE_DIR / "model.safetensors"
+  if embed_dim and dense.exists():
+    from safetensors.numpy import load_file
+    weights = load_file(str(dense))
+    if weights["linear.weight"].shape[0] == embed_dim:
+      arrays[("projection", "kernel")] = np.ascontiguousarray(weights["linear.weight"].T)
+      arrays[("projection", "bias")] = weights["linear.bias"]
+  return arrays
+
+
+def assign_arrays(model: nnx.Module, arrays: dict[tuple[Any, ...], Any], prefix: tuple[Any, ...] = ()) -> None:
+  """Sets parameters of ``model`` (at ``prefix + path``) in place, keeping each parameter's dtype."""
+  flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
+  for path, value in arrays.items():
+    var = flat[prefix + path]
+    var.set_value(jnp.asarray(value, var.get_value().dtype))
 
 
 def read_tower_settings(model_dir: Path) -> TowerSettings:
@@ -162,8 +189,12 @@ def read_tower_settings(model_dir: Path) -> TowerSettings:
     settings["pooling"] = "cls" if json.loads(pooling_config.read_text()).get("pooling_mode_cls_token") else "mean"
   modules = model_dir / "modules.json"
   if modules.exists():
-    settings["normalize"] = any(m["type"].endswith("Normalize") for m in json.loads(modules.read_text()))
+    module_types = [m["type"] for m in json.loads(modules.read_text())]
+    settings["normalize"] = any(t.endswith("Normalize") for t in module_types)
+    if any(t.endswith("Dense") for t in module_types):
+      settings["embed_dim"] = json.loads((model_dir / _DENSE_DIR / "config.json").read_text())["out_features"]
   return TowerSettings(**settings)
+
 
 
 def load_tokenizer(model_dir: Path):
@@ -191,12 +222,7 @@ def load_pretrained(name_or_dir: str | Path, *, embed_dim: int | None | str = "a
       normalize=stored.normalize if normalize is None else normalize)
   model = PostEncoder(cfg, embed_dim=settings.embed_dim, pooling=settings.pooling,
                       normalize=settings.normalize, dtype=dtype, rngs=nnx.Rngs(seed))
-  load_encoder_weights(model, read_weights(model_dir), str(model_dir))
-  if settings.embed_dim and settings.embed_dim == stored.embed_dim and (model_dir / "projection.safetensors").exists():
-    from safetensors.numpy import load_file
-    proj = load_file(str(model_dir / "projection.safetensors"))
-    model.projection.kernel.set_value(jnp.asarray(proj["kernel"]))
-    model.projection.bias.set_value(jnp.asarray(proj["bias"]))
+  assign_arrays(model, tower_arrays(model_dir, cfg, settings.embed_dim))
   return model, load_tokenizer(model_dir), settings
 
 
@@ -208,3 +234,64 @@ def encoder_to_hf(model: PostEncoder) -> dict[str, np.ndarray]:
     value = np.asarray(jax.device_get(flat[path].get_value()), np.float32)
     out[name] = np.ascontiguousarray(value.T if transpose else value)
   return out
+
+
+def export_model(model: PostEncoder, tokenizer, settings: TowerSettings, out_dir: str | Path, *,
+                 metadata: dict[str, Any] | None = None) -> Path:
+  """Write ``model`` as one directory that both we and sentence-transformers load.
+
+  Layout: the encoder as an HF BertModel / RobertaModel checkpoint (config.json, model.safetensors, tokenizer),
+  sentence-transformers modules (Pooling, Dense for the projection, Normalize), and postembed.json holding the
+  tower settings and ``metadata`` (training config, step, metrics). Written to a temporary sibling and renamed,
+  so a reader never sees half an export.
+  """
+  import shutil
+  from safetensors.numpy import save_file
+  out_dir = Path(out_dir)
+  tmp = out_dir.with_name(out_dir.name + ".tmp")
+  shutil.rmtree(tmp, ignore_errors=True)
+  tmp.mkdir(parents=True)
+  cfg = model.encoder.cfg
+  hf_config = {
+      "architectures": ["RobertaModel" if cfg.layout == "roberta" else "BertModel"], "model_type": cfg.model_type,
+      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
+      "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size,
+      "max_position_embeddings": cfg.max_position_embeddings, "type_vocab_size": cfg.type_vocab_size,
+      "layer_norm_eps": cfg.layer_norm_eps, "hidden_act": cfg.hidden_act, "pad_token_id": cfg.pad_token_id,
+      "hidden_dropout_prob": cfg.hidden_dropout, "attention_probs_dropout_prob": cfg.attention_dropout,
+      "position_embedding_type": "absolute", "initializer_range": 0.02}
+  (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
+  save_file(encoder_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
+  tokenizer.save_pretrained(str(tmp))
+
+  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  (tmp / "sentence_bert_config.json").write_text(
+      json.dumps({"max_seq_length": settings.max_length, "do_lower_case": False}))
+  (tmp / "1_Pooling").mkdir()
+  (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
+      "word_embedding_dimension": cfg.hidden_size, "pooling_mode_cls_token": settings.pooling == "cls",
+      "pooling_mode_mean_tokens": settings.pooling == "mean", "pooling_mode_max_tokens": False,
+      "pooling_mode_mean_sqrt_len_tokens": False}))
+  if model.projection is not None:
+    dense = tmp / _DENSE_DIR
+    dense.mkdir()
+    (dense / "config.json").write_text(json.dumps({
+        "in_features": cfg.hidden_size, "out_features": model.embed_dim, "bias": True,
+        "activation_function": "torch.nn.modules.linear.Identity"}))
+    kernel = np.asarray(jax.device_get(model.projection.kernel.get_value()), np.float32)
+    bias = np.asarray(jax.device_get(model.projection.bias.get_value()), np.float32)
+    save_file({"linear.weight": np.ascontiguousarray(kernel.T), "linear.bias": bias},
+              str(dense / "model.safetensors"))
+    modules.append({"idx": 2, "name": "2", "path": _DENSE_DIR, "type": "sentence_transformers.models.Dense"})
+  if settings.normalize:
+    modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules)}_Normalize",
+                    "type": "sentence_transformers.models.Normalize"})
+    (tmp / modules[-1]["path"]).mkdir()
+  (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
+  (tmp / EXPORT_META).write_text(json.dumps(
+      {"tower": dataclasses.asdict(settings), **(metadata or {})}, indent=2, default=str))
+  if out_dir.exists():
+    shutil.rmtree(out_dir)
+  tmp.rename(out_dir)
+  return out_dir

@@ -68,6 +68,10 @@ class Embedder:
     return cls(model, tokenizer, max_length=max_length or settings.max_length, batch_size=batch_size,
                name=str(name_or_dir))
 
+  def set_params(self, state: nnx.State) -> None:
+    """Swap in new weights of the same tower (e.g. mid-training validation) without recompiling."""
+    self._state = state
+
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
                           add_special_tokens=True)["input_ids"]

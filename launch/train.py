@@ -1,0 +1,24 @@
+"""Train: `python launch/train.py --config configs/mtl.py[:quick] [--workdir DIR] [--config.FIELD=VALUE ...]`.
+
+Re-running with the same --workdir resumes from its latest checkpoint. All logic is in postembed_jax.train.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from postembed_jax.train.loop import train_and_evaluate
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/mtl.py", "Training config.")
+_WORKDIR = flags.DEFINE_string("workdir", "workdirs/mtl", "Checkpoints, metrics and the export go here.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
+  metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+  print("Final validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
+                                         if not k.endswith(("_low", "_high"))))
+
+
+if __name__ == "__main__":
+  app.run(main)

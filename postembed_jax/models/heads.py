@@ -1,0 +1,104 @@
+"""Per-task heads and losses on top of the shared tower.
+
+Three families, chosen per task by name in the config (``config.losses``):
+  * ``bce``: the paper's loss. logit = scale * cos(left, right) + bias, binary cross-entropy on the pair label.
+    scale and bias are learned per task (cosine alone lives in [-1, 1], too narrow for a sharp sigmoid).
+  * ``infonce``: in-batch contrastive over the positive pairs of a batch, symmetric, learned temperature. Under
+    jit on a mesh the similarity matrix spans the global batch, so negatives come from every data-parallel device.
+  * ``softmax`` / ``sigmoid``: linear classification of the embedding for single- and multi-label label tasks.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+PAIR_LOSSES = ("bce", "infonce")
+CLASSIFICATION_LOSSES = ("softmax", "sigmoid")
+
+
+def _scalar(value: float) -> nnx.Param:
+  return nnx.Param(jnp.asarray(value, jnp.float32), out_sharding=(), eager_sharding=False)
+
+
+class CosineBCEHead(nnx.Module):
+  """The paper's siamese head: sigmoid(scale * cosine + bias) against the pair's 0/1 label."""
+
+  def __init__(self, *, init_scale: float = 10.0, init_bias: float = -5.0):
+    self.scale = _scalar(init_scale)
+    self.bias = _scalar(init_bias)
+
+  def logits(self, left, right):
+    cos = jnp.sum(left * right, -1) / (jnp.linalg.norm(left, axis=-1) * jnp.linalg.norm(right, axis=-1) + 1e-9)
+    return self.scale[...] * cos + self.bias[...]
+
+  def __call__(self, left, right, label):
+    logits = self.logits(left, right)
+    loss = optax.sigmoid_binary_cross_entropy(logits, label).mean()
+    return loss, {"pair_accuracy": jnp.mean((logits > 0) == (label > 0.5))}
+
+
+class InfoNCEHead(nnx.Module):
+  """Symmetric in-batch contrastive loss; rows labelled 0 take part only as negatives."""
+
+  def __init__(self, *, init_log_scale: float = 3.0):
+    self.log_scale = _scalar(init_log_scale)
+
+  def __call__(self, left, right, label):
+    left = left / (jnp.linalg.norm(left, axis=-1, keepdims=True) + 1e-9)
+    right = right / (jnp.linalg.norm(right, axis=-1, keepdims=True) + 1e-9)
+    sim = jnp.exp(jnp.clip(self.log_scale[...], 0.0, 4.6)) * left @ right.T  # scale capped at 100
+    targets = jnp.arange(sim.shape[0])
+    positive = (label > 0.5).astype(jnp.float32)
+    per_row = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(sim, targets)
+                     + optax.softmax_cross_entropy_with_integer_labels(sim.T, targets))
+    loss = jnp.sum(per_row * positive) / jnp.maximum(jnp.sum(positive), 1.0)
+    accuracy = jnp.sum((jnp.argmax(sim, -1) == targets) * positive) / jnp.maximum(jnp.sum(positive), 1.0)
+    return loss, {"in_batch_accuracy": accuracy}
+
+
+class ClassificationHead(nnx.Module):
+  """Linear classifier on the embedding: softmax (one label) or sigmoid (multi-label)."""
+
+  def __init__(self, embed_dim: int, num_classes: int, *, multi_label: bool, rngs: nnx.Rngs):
+    self.multi_label = multi_label
+    self.linear = nnx.Linear(
+        embed_dim, num_classes, rngs=rngs,
+        kernel_init=nnx.with_partitioning(nnx.initializers.xavier_uniform(), ("proj", "classes"),
+                                          eager_sharding=False),
+        bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",), eager_sharding=False))
+
+  def __call__(self, embedding, label):
+    logits = self.linear(embedding)
+    if self.multi_label:
+      loss = optax.sigmoid_binary_cross_entropy(logits, label).sum(-1).mean()
+      return loss, {"label_accuracy": jnp.mean((logits > 0) == (label > 0.5))}
+    loss = optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
+    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == label)}
+
+
+def make_head(loss: str, *, embed_dim: int, num_classes: int | None = None, rngs: nnx.Rngs) -> nnx.Module:
+  if loss == "bce":
+    return CosineBCEHead()
+  if loss == "infonce":
+    return InfoNCEHead()
+  if loss in CLASSIFICATION_LOSSES:
+    if not num_classes:
+      raise ValueError(f"A {loss!r} head needs the task's label count.")
+    return ClassificationHead(embed_dim, num_classes, multi_label=loss == "sigmoid", rngs=rngs)
+  raise ValueError(f"Unknown loss {loss!r}; choose one of {PAIR_LOSSES + CLASSIFICATION_LOSSES}.")
+
+
+def task_loss(tower, head, batch: dict, *, rngs: nnx.Rngs | None):
+  """Loss and metrics of one single-task batch: pair batches run the tower twice (siamese), label batches once.
+  Dropout is on when ``rngs`` is given."""
+  kw = dict(deterministic=rngs is None, rngs=rngs)
+  if "left_ids" in batch:
+    left = tower(batch["left_ids"], batch["left_mask"], **kw)
+    right = tower(batch["right_ids"], batch["right_mask"], **kw)
+    return head(left, right, batch["label"])
+  embedding = tower(batch["ids"], batch["mask"], **kw)
+  return head(embedding, batch["labels"] if "labels" in batch else batch["label"])
+

@@ -1,0 +1,83 @@
+"""Training config defaults, shared by configs/mtl.py, configs/stl.py, the ablation config and notebooks."""
+
+import ml_collections
+from ml_collections import config_dict
+
+from postembed_jax.data import pipeline
+from postembed_jax.data import tasks as tasks_lib
+from postembed_jax.train import sharding
+
+TRAINABLE_TASKS = tuple(n for n, t in tasks_lib.TASKS.items() if not t.zero_shot)
+PAIR_TASKS = tuple(n for n in TRAINABLE_TASKS if tasks_lib.TASKS[n].kind == "pair")
+
+
+def _default_loss(name: str) -> str:
+  task = tasks_lib.TASKS[name]
+  if task.kind == "pair":
+    return "bce"  # the paper's loss; "infonce" is the in-batch contrastive alternative
+  return "sigmoid" if task.multi_label else "softmax"
+
+
+def training_config(tasks: str) -> ml_collections.ConfigDict:
+  """The full training config for the given comma-separated tasks; every field can be overridden."""
+  c = ml_collections.ConfigDict()
+  c.model = "all-MiniLM-L6-v2"  # short name, HF directory, or an export of ours
+  c.embed_dim = 50  # the paper's width; None keeps the encoder width
+  c.pooling = "mean"
+  c.normalize = True
+  c.dtype = "float32"  # compute dtype; parameters stay float32
+  c.seed = 0
+  c.total_steps = 600
+  c.init_checkpoint = config_dict.placeholder(str)  # see docs/training.md, "Where a run starts from"
+
+  c.data = pipeline.default_data_config()
+  c.data.tasks = tasks
+  c.task_losses = {name: _default_loss(name) for name in TRAINABLE_TASKS}  # per task: bce|infonce|softmax|sigmoid
+  c.loss_weights = {name: 1.0 for name in TRAINABLE_TASKS}
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-4
+  c.optim.head_lr = 1e-3  # projection and task heads start from scratch: a larger step
+  c.optim.warmup_steps = 50
+  c.optim.schedule = "cosine"  # cosine | linear | constant (after warm-up)
+  c.optim.weight_decay = 0.01
+  c.optim.clip_norm = 1.0
+  c.optim.layer_decay = 1.0  # < 1: layer-wise learning-rate decay (lower layers move less)
+
+  c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
+  c.sharding_rules = sharding.DEFAULT_RULES
+  c.distributed = ml_collections.ConfigDict()  # multi-host: jax.distributed.initialize arguments
+  c.distributed.coordinator_address = config_dict.placeholder(str)
+  c.distributed.num_processes = 1
+  c.distributed.process_id = 0
+
+  c.checkpoint = ml_collections.ConfigDict()
+  c.checkpoint.every_steps = 100
+  c.checkpoint.keep = 2  # the last K, plus the best by checkpoint.best_metric
+  c.checkpoint.best_metric = "val/mean_pair_auc"
+  c.checkpoint.async_save = True
+
+  c.eval = ml_collections.ConfigDict()
+  c.eval.evaluators = "pair_auc"  # names in postembed_jax.evaluation.evaluators.EVALUATORS
+  c.eval.every_steps = 200
+  c.eval.max_examples = 400  # validation examples per task
+  c.eval.batch_size = 64
+  c.affinity_every_steps = 0  # > 0: log the lookahead inter-task affinity matrix every N steps
+  c.log_every_steps = 10
+  c.export = True
+  return c
+
+
+def quick(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """A few minutes on a laptop CPU: short texts, small batches, few steps."""
+  c.total_steps = 60
+  c.data.batch_size = 16
+  c.data.max_length = 64
+  c.data.bucket_lengths = (32, 64)
+  c.data.max_examples_per_task = 2000
+  c.optim.warmup_steps = 10
+  c.checkpoint.every_steps = 30
+  c.eval.every_steps = 30
+  c.eval.max_examples = 200
+  c.log_every_steps = 5
+  return c

@@ -72,14 +72,17 @@ class PostStore:
   """Thread-safe access to one SQLite database (one connection behind a lock; every call is short)."""
 
   def __init__(self, path: str | Path, *, sync: str = "FULL"):
+    sync = _checked_sync(sync)
     self.path = Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
     self._lock_file = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
     self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
     mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if mode.lower() != "wal":
+      self._db.close()
+      self._lock_file.close()
       raise RuntimeError(f"{self.path}: SQLite refused WAL mode (got {mode!r}); is it on a network filesystem?")
-    self._db.execute(f"PRAGMA synchronous={_checked_sync(sync)}")
+    self._db.execute(f"PRAGMA synchronous={sync}")
     self._db.executescript(_SCHEMA)
     self._lock = threading.Lock()
     self._seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM posts")

@@ -288,8 +288,8 @@ class ClassificationTask:
     return out
 
 
-def _debtag_labels(r):
-  return [t for t in r['tags'] if usable_tag(t) and facet(t) not in HELDOUT_FACETS]
+def _debtag_labels(heldout: Sequence[str]) -> Callable[[dict[str, Any]], list[str]]:
+  return lambda r: [t for t in r['tags'] if usable_tag(t) and facet(t) not in heldout]
 
 
 TASKS: dict[str, PairTask | ClassificationTask] = {t.name: t for t in [
@@ -304,7 +304,7 @@ TASKS: dict[str, PairTask | ClassificationTask] = {t.name: t for t in [
     ClassificationTask('section', 'post -> section (multi-class)', False,
                        lambda r: [r['section']]),
     ClassificationTask('debtags', 'post -> debtags (multi-label), held-out facets excluded',
-                       True, _debtag_labels, min_count=5),
+                       True, _debtag_labels(HELDOUT_FACETS), min_count=5),
     PairTask('zs_hashtag', 'ZERO-SHOT: post <-> debtag of a held-out facet',
              _build_hashtag, zero_shot=True, facets=HELDOUT_FACETS),
     PairTask('relation', 'ZERO-SHOT: post <-> post of a package it Depends on',
@@ -319,9 +319,14 @@ def get_task(name: str, config=None) -> PairTask | ClassificationTask:
   if name not in TASKS:
     raise ValueError(f'Unknown task {name!r}; valid tasks: {sorted(TASKS)}')
   task = TASKS[name]
-  if config is None or not isinstance(task, PairTask):
+  if config is None:
     return task
   get = lambda k, d: config.get(k) if config.get(k) is not None else d
+  if name == 'debtags':
+    heldout = tuple(_as_list(get('heldout_facets', HELDOUT_FACETS)))
+    return dataclasses.replace(task, labels_of=_debtag_labels(heldout))
+  if not isinstance(task, PairTask):
+    return task
   changes = {}
   if name == 'translation':
     changes['languages'] = tuple(_as_list(get('languages', task.languages)))

@@ -181,3 +181,12 @@ def test_bad_config_fails_at_start_with_valid_names(data_config, tokenizer, chan
 def test_unknown_split_for_eval(data_config):
   with pytest.raises(ValueError, match=r"valid splits: \['train', 'validation', 'test'\]"):
     pipeline.make_eval_examples('search', 'dev', data_config)
+
+
+def test_config_specialises_tasks_and_caps_examples(data_config):
+  cfg = _cfg(data_config, heldout_facets='role', max_examples_per_task=50)
+  ev = pipeline.make_eval_examples('debtags', 'train', cfg)
+  assert ev.multi_label and not [n for n in ev.label_names if n.startswith('role::')]
+  assert len(ev.examples) == 50
+  zs = pipeline.make_eval_examples('zs_hashtag', 'train', _cfg(cfg, neg_ratio=0.0))
+  assert zs.examples and all(e['right'].startswith('role: ') for e in zs.examples)

@@ -1,0 +1,68 @@
+"""Metric functions on plain arrays, so every evaluator and the bootstrap share one definition of each number.
+
+Scores come from scikit-learn wherever it has the metric. Retrieval metrics are per query (arrays of length Q), so
+a confidence interval can resample queries; scikit-learn's ranking metrics average over queries, so the per-query
+recall@k and reciprocal rank are read off the rank of the relevant documents (their textbook definitions).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn import metrics as skm
+
+
+def cosine_similarity_rows(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+  """Cosine similarity of row i of ``left`` with row i of ``right`` (0 for a zero vector)."""
+  num = np.sum(left * right, axis=1)
+  den = np.linalg.norm(left, axis=1) * np.linalg.norm(right, axis=1)
+  return np.where(den > 0, num / np.maximum(den, 1e-12), 0.0)
+
+
+def cosine_similarity_matrix(queries: np.ndarray, docs: np.ndarray) -> np.ndarray:
+  """[Q, D] cosine similarities."""
+  return skm.pairwise.cosine_similarity(queries, docs)
+
+
+def pair_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+  """ROC AUC of a pair score against binary labels: the paper's per-task metric."""
+  return float(skm.roc_auc_score(labels, scores))
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+  return float(skm.accuracy_score(y_true, y_pred))
+
+
+def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+  """Macro-averaged F1 over the labels present in ``y_true`` or ``y_pred`` (class or indicator arrays)."""
+  return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
+
+
+def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+  """mAP over labels (columns of a [N, L] indicator matrix) that have at least one positive."""
+  has_positive = np.asarray(y_true).sum(axis=0) > 0
+  if not has_positive.any():
+    raise ValueError("mean_average_precision needs at least one positive label.")
+  return float(skm.average_precision_score(y_true[:, has_positive], scores[:, has_positive], average="macro"))
+
+
+def relevant_ranks(relevance: np.ndarray, scores: np.ndarray) -> list[np.ndarray]:
+  """Per query, the 1-based ranks of its relevant documents under ``scores`` (ties broken by document order)."""
+  order = np.argsort(-scores, axis=1, kind="stable")
+  rank_of = np.empty_like(order)
+  rank_of[np.arange(order.shape[0])[:, None], order] = np.arange(1, order.shape[1] + 1)
+  return [rank_of[q][relevance[q] > 0] for q in range(relevance.shape[0])]
+
+
+def recall_at_k(relevance: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+  """Per query: the fraction of its relevant documents ranked in the top ``k``."""
+  return np.array([np.mean(r <= k) for r in relevant_ranks(relevance, scores)])
+
+
+def reciprocal_rank(relevance: np.ndarray, scores: np.ndarray) -> np.ndarray:
+  """Per query: 1 / rank of its best-ranked relevant document (MRR is the mean)."""
+  return np.array([1.0 / r.min() for r in relevant_ranks(relevance, scores)])
+
+
+def ndcg_at_k(relevance: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
+  """Per query: scikit-learn's nDCG@k."""
+  return np.array([skm.ndcg_score(relevance[q:q + 1], scores[q:q + 1], k=k) for q in range(relevance.shape[0])])

@@ -28,7 +28,9 @@ def warm_up(embedder, max_batch: int) -> None:
 
   Mirrors the Embedder's bucketing: rows padded to powers of two (capped at its batch_size), lengths to its buckets.
   """
-  rows = sorted({min(2**i, max_batch, embedder.batch_size) for i in range(max_batch.bit_length() + 1)})
+  rows = [1]
+  while rows[-1] < min(max_batch, embedder.batch_size):
+    rows.append(min(2 * rows[-1], embedder.batch_size))
   pad = embedder.tokenizer.pad_token_id
   for length in embedder.buckets:
     for n in rows:

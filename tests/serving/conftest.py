@@ -10,15 +10,25 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURE_DIR = REPO / "tests" / "fixtures" / "debian"
 
 
-def serve_config(tmp_path: Path, **overrides):
+def load_serve_config(arg=None):
   spec = importlib.util.spec_from_file_location("serve_config", REPO / "configs" / "serve.py")
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  config = module.get_config("tiny")
-  config.db_path = str(tmp_path / "posts.sqlite3")
-  config.index_path = str(tmp_path / "posts.usearch")
-  config.update(overrides)
-  return config
+  return module.get_config(arg)
+
+
+@pytest.fixture
+def serve_config(tmp_path):
+  """configs/serve.py:tiny with its files in tmp_path, plus overrides."""
+
+  def make(**overrides):
+    config = load_serve_config("tiny")
+    config.db_path = str(tmp_path / "posts.sqlite3")
+    config.index_path = str(tmp_path / "posts.usearch")
+    config.update(overrides)
+    return config
+
+  return make
 
 
 @pytest.fixture(scope="session")

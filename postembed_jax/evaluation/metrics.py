@@ -8,6 +8,7 @@ recall@k and reciprocal rank are read off the rank of the relevant documents (th
 from __future__ import annotations
 
 import numpy as np
+from scipy.stats import rankdata
 from sklearn import metrics as skm
 
 
@@ -46,11 +47,10 @@ def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
 
 
 def relevant_ranks(relevance: np.ndarray, scores: np.ndarray) -> list[np.ndarray]:
-  """Per query, the 1-based ranks of its relevant documents under ``scores`` (ties broken by document order)."""
-  order = np.argsort(-scores, axis=1, kind="stable")
-  rank_of = np.empty_like(order)
-  rank_of[np.arange(order.shape[0])[:, None], order] = np.arange(1, order.shape[1] + 1)
-  return [rank_of[q][relevance[q] > 0] for q in range(relevance.shape[0])]
+  """Per query, the 1-based ranks of its relevant documents under ``scores``. A tie counts against the model
+  (rank = number of documents scoring at least as high), so a collapsed embedding cannot score by luck."""
+  ranks = rankdata(-scores, method="max", axis=1)
+  return [ranks[q][relevance[q] > 0] for q in range(relevance.shape[0])]
 
 
 def recall_at_k(relevance: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
@@ -64,5 +64,5 @@ def reciprocal_rank(relevance: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 
 def ndcg_at_k(relevance: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
-  """Per query: scikit-learn's nDCG@k."""
+  """Per query: scikit-learn's nDCG@k (tied documents share their gains, its default)."""
   return np.array([skm.ndcg_score(relevance[q:q + 1], scores[q:q + 1], k=k) for q in range(relevance.shape[0])])

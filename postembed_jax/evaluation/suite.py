@@ -1,0 +1,87 @@
+"""One evaluation suite for any model, into one table: what `launch/evaluate.py` and the notebooks call.
+
+A model is a name of a baseline (``tfidf``, ``random_projection``), a packaged model's short name, an HF
+directory, our export, or a training workdir (its ``export/``). Results are kept per model in ``results.json`` in
+the output directory and the whole table is rewritten each time, so models evaluated by separate commands (say, the
+baselines once, each new export later) end up side by side.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Sequence
+
+from postembed_jax.evaluation import baselines, evaluators, examples
+from postembed_jax.serving.embedder import Embedder
+
+RESULTS_JSON = "results.json"
+RESULTS_MARKDOWN = "results.md"
+
+
+def model_names(value: str | Sequence[str]) -> list[str]:
+  names = [v.strip() for v in value.split(",")] if isinstance(value, str) else list(value)
+  if not [n for n in names if n]:
+    raise ValueError("config.model names no model; give a name, a directory, or a comma-separated list.")
+  return [n for n in names if n]
+
+
+def load_embedder(name_or_dir: str, config) -> evaluators.TextEmbedder:
+  """A baseline fitted on the training split, or our Embedder for a model name / directory / workdir."""
+  if name_or_dir in baselines.BASELINES:
+    corpus = examples.corpus_texts("train", config.data, limit=config.baseline_fit_texts)
+    return baselines.BASELINES[name_or_dir](corpus, config)
+  path = Path(name_or_dir).expanduser()
+  if (path / "export").is_dir():  # a training workdir
+    path = path / "export"
+  return Embedder.from_pretrained(str(path) if path.is_dir() else name_or_dir, max_length=config.max_length,
+                                  batch_size=config.batch_size)
+
+
+def evaluate_model(name_or_dir: str, config) -> dict:
+  """``{"model", "dim", "seconds", "split", "metrics"}`` for one model on the configured suite."""
+  start = time.perf_counter()
+  embedder = load_embedder(name_or_dir, config)
+  metrics = evaluators.evaluate(embedder, config.evaluators, split=config.split, data_config=config.data,
+                                settings=evaluators.EvalSettings.from_config(config.evaluation))
+  return {"model": name_or_dir, "dim": int(embedder.dim), "split": config.split,
+          "seconds": round(time.perf_counter() - start, 1), "metrics": metrics}
+
+
+def _cell(metrics: dict[str, float], key: str) -> str:
+  if key not in metrics:
+    return ""
+  low, high = metrics.get(f"{key}/ci95_low"), metrics.get(f"{key}/ci95_high")
+  return f"{metrics[key]:.3f}" + (f" [{low:.3f}, {high:.3f}]" if low is not None else "")
+
+
+def markdown_table(rows: Sequence[dict]) -> str:
+  """Metrics down, models across; each cell ``value [95% CI]`` where the split had intervals."""
+  keys = sorted({k for r in rows for k in r["metrics"] if "/ci95_" not in k},
+                key=lambda k: (k.split("/")[0] in examples.held_out_tasks(), k))
+  header = "| metric | " + " | ".join(f"`{r['model']}`" for r in rows) + " |"
+  lines = [header, "|" + "---|" * (len(rows) + 1),
+           "| dimensions | " + " | ".join(str(r["dim"]) for r in rows) + " |"]
+  lines += [f"| {k} | " + " | ".join(_cell(r["metrics"], k) for r in rows) + " |" for k in keys]
+  return "\n".join(lines) + "\n"
+
+
+def run_suite(config) -> list[dict]:
+  """Evaluates every model in ``config.model``, merges into ``config.output_dir``'s table, prints and returns it."""
+  evaluators.check_names(config.evaluators)
+  out_dir = Path(config.output_dir).expanduser()
+  out_dir.mkdir(parents=True, exist_ok=True)
+  results_file = out_dir / RESULTS_JSON
+  table = {r["model"]: r for r in json.loads(results_file.read_text())} if results_file.exists() else {}
+  for name in model_names(config.model):
+    row = evaluate_model(name, config)
+    table[name] = row
+    print(f"{name}: {row['dim']}-d, {row['seconds']} s")
+  rows = list(table.values())
+  results_file.write_text(json.dumps(rows, indent=2))
+  markdown = markdown_table(rows)
+  (out_dir / RESULTS_MARKDOWN).write_text(markdown)
+  print(markdown)
+  print(f"Saved {results_file} and {out_dir / RESULTS_MARKDOWN}.")
+  return rows

@@ -8,13 +8,13 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
-from tests.serving.conftest import REPO
-
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow
 _STARTUP_TIMEOUT_S = 180
 

@@ -60,6 +60,7 @@ def training_config(tasks: str) -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.evaluators = "pair_auc"  # names in postembed_jax.evaluation.evaluators.EVALUATORS
   c.eval.every_steps = 200
+  c.eval.at_start = True  # validate the starting model too (step 0 in metrics.jsonl)
   c.eval.max_examples = 400  # validation examples per task
   c.eval.batch_size = 64
   c.affinity_every_steps = 0  # > 0: log the lookahead inter-task affinity matrix every N steps

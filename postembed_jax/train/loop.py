@@ -105,8 +105,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   manager = checkpoint.make_manager(workdir, config.checkpoint)
   start_step, origin = 0, f"pretrained model {config.model}"
   if manager.latest_step() is not None:
-    abstract = jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s),
-                            train_state, state_shardings)
+    abstract = jax.tree.map(_abstract, train_state, state_shardings, is_leaf=_is_variable)
     train_state, data_state, _ = checkpoint.restore(manager, manager.latest_step(), abstract)
     train_iter.set_state(data_state)
     start_step, origin = int(train_state["step"]), f"{workdir}/checkpoints/{manager.latest_step()}"
@@ -134,6 +133,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     return steps[task]
 
   writer = MetricsWriter(workdir)
+  if start_step == 0 and config.eval.at_start:
+    # The starting point (pretrained tower, fresh projection) on the same validation suite: what training adds.
+    writer.write(0, validator(nnx.state(model.tower)))
   stop = _StopSignal()
   meta = {"seed": config.seed, "model": str(config.model), "tasks": task_names}
   recent_loss: dict[str, float] = {}
@@ -185,6 +187,17 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   if step == config.total_steps and config.export and is_main:
     export(config, graphdef, train_state["params"], tokenizer, workdir, val_metrics, step)
   return val_metrics
+
+
+def _is_variable(x) -> bool:
+  return isinstance(x, nnx.Variable)
+
+
+def _abstract(leaf, leaf_sharding):
+  """What a restore fills in: shape, dtype and target sharding (Variables keep their metadata)."""
+  if _is_variable(leaf):
+    return leaf.replace(jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf_sharding))
+  return jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=leaf_sharding)
 
 
 def _finite(metrics: dict[str, float]) -> dict[str, float]:

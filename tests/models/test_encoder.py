@@ -54,7 +54,7 @@ def test_random_checkpoint_matches_transformers(tmp_path, model_type, safe):
   cfg = encoder_lib.EncoderConfig.from_hf_config(hf_config)
   from flax import nnx
   ours = encoder_lib.PostEncoder(cfg, embed_dim=None, normalize=False, rngs=nnx.Rngs(0))
-  hf_io.load_encoder_weights(ours, hf_io.read_weights(tmp_path), str(tmp_path))
+  hf_io.assign_arrays(ours, hf_io.encoder_arrays(hf_io.read_weights(tmp_path), cfg, str(tmp_path)))
 
   rng = np.random.default_rng(0)
   ids = rng.integers(3, 300, size=(4, 20))

@@ -1,0 +1,66 @@
+"""Training tests run the real launcher in subprocesses (device count is fixed at JAX start-up) on the Debian
+fixture with a tiny BERT that uses all-MiniLM-L6-v2's tokenizer, so each run takes seconds."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = REPO / "tests" / "fixtures" / "debian"
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+  import torch
+  from transformers import BertConfig, BertModel
+  from postembed_jax.models import hf_io
+  path = tmp_path_factory.mktemp("tiny_bert")
+  minilm = hf_io.resolve_model_dir("all-MiniLM-L6-v2")
+  torch.manual_seed(0)
+  BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    shutil.copy(minilm / name, path / name)
+  return path
+
+
+@pytest.fixture(scope="session")
+def tfds_dir(tmp_path_factory) -> Path:
+  return tmp_path_factory.mktemp("tfds")
+
+
+@pytest.fixture(scope="session")
+def train_cmd(tiny_model_dir, tfds_dir):
+  """Returns run(workdir, *overrides, devices=1, wait=True) -> CompletedProcess (or Popen if wait=False)."""
+
+  def run(workdir, *overrides, devices=1, wait=True, config="configs/mtl.py:quick"):
+    cmd = [sys.executable, "launch/train.py", f"--config={config}", f"--workdir={workdir}",
+           f"--config.model={tiny_model_dir}", f"--config.data.index_dir={FIXTURE}",
+           f"--config.data.data_dir={tfds_dir}", "--config.total_steps=20", "--config.data.batch_size=8",
+           "--config.data.max_length=32", "--config.data.bucket_lengths=(16,32)", "--config.log_every_steps=1",
+           "--config.eval.every_steps=1000", "--config.eval.max_examples=40", "--config.checkpoint.every_steps=5",
+           "--config.embed_dim=16", *overrides]
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
+               PYTHONUNBUFFERED="1")
+    if not wait:
+      return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    return result
+
+  return run
+
+
+def step_losses(workdir) -> dict[int, float]:
+  """Training loss by step from metrics.jsonl; a step logged twice (before a kill and after resume) keeps the
+  later value."""
+  losses = {}
+  for line in (Path(workdir) / "metrics.jsonl").read_text().splitlines():
+    record = json.loads(line)
+    if "train/loss" in record:
+      losses[record["step"]] = record["train/loss"]
+  return losses

@@ -1,0 +1,125 @@
+"""End-to-end training runs: mesh equivalence, exact resume after SIGKILL, cross-mesh restore, SIGTERM, errors,
+and the sentence-transformers export."""
+
+import json
+import signal
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import step_losses
+
+# Two tasks and one bucket length keep the number of compiled steps (and so the test time) small.
+FAST = ("--config.data.tasks=search,storyline", "--config.data.bucket_lengths=(32,)")
+
+
+def _ok(result):
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result
+
+
+@pytest.fixture(scope="module")
+def baseline(train_cmd, tmp_path_factory):
+  """20 uninterrupted steps on one device: the reference every other run is compared with."""
+  workdir = tmp_path_factory.mktemp("baseline")
+  _ok(train_cmd(workdir, *FAST))
+  losses = step_losses(workdir)
+  assert sorted(losses) == list(range(1, 21))
+  return workdir, losses
+
+
+def _assert_same_losses(losses, reference, rtol):
+  steps = sorted(reference)
+  assert sorted(losses) == steps
+  np.testing.assert_allclose([losses[s] for s in steps], [reference[s] for s in steps], rtol=rtol)
+
+
+@pytest.mark.parametrize("mesh", [("--config.mesh.fsdp=2",), ("--config.mesh.tensor=2",)],
+                         ids=["data4_fsdp2", "data4_tensor2"])
+def test_eight_devices_match_one(train_cmd, baseline, tmp_path, mesh):
+  _ok(train_cmd(tmp_path, *FAST, *mesh, "--config.export=False", devices=8))
+  _assert_same_losses(step_losses(tmp_path), baseline[1], rtol=1e-4)
+
+
+def test_sigkill_then_resume_reproduces_losses(train_cmd, baseline, tmp_path):
+  proc = train_cmd(tmp_path, *FAST, "--config.export=False", wait=False)
+  metrics = tmp_path / "metrics.jsonl"
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if (tmp_path / "checkpoints" / "10").is_dir():
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGKILL)
+  proc.wait()
+  assert proc.returncode == -signal.SIGKILL, "the run finished before it could be killed"
+  killed_at = max(step_losses(tmp_path))
+  assert killed_at < 20
+  _ok(train_cmd(tmp_path, *FAST, "--config.export=False"))
+  # Exact: same devices, same data position, same dropout keys.
+  _assert_same_losses(step_losses(tmp_path), baseline[1], rtol=1e-6)
+
+
+def test_checkpoint_moves_between_meshes(train_cmd, baseline, tmp_path):
+  """Steps 1-10 on 8 devices, 11-20 on 1 device restored from that checkpoint; and the reverse."""
+  eight_then_one = tmp_path / "8to1"
+  _ok(train_cmd(eight_then_one, *FAST, "--config.total_steps=10", "--config.mesh.fsdp=2",
+                "--config.optim.warmup_steps=10", "--config.export=False", devices=8))
+  _ok(train_cmd(eight_then_one, *FAST, "--config.optim.warmup_steps=10", "--config.export=False"))
+  one_then_eight = tmp_path / "1to8"
+  _ok(train_cmd(one_then_eight, *FAST, "--config.total_steps=10", "--config.optim.warmup_steps=10",
+                "--config.export=False"))
+  _ok(train_cmd(one_then_eight, *FAST, "--config.mesh.tensor=2", "--config.optim.warmup_steps=10",
+                "--config.export=False", devices=8))
+  reference = tmp_path / "reference"
+  _ok(train_cmd(reference, *FAST, "--config.optim.warmup_steps=10", "--config.export=False"))
+  for workdir in (eight_then_one, one_then_eight):
+    _assert_same_losses(step_losses(workdir), step_losses(reference), rtol=1e-4)
+
+
+def test_sigterm_saves_before_exit(train_cmd, tmp_path):
+  proc = train_cmd(tmp_path, *FAST, "--config.total_steps=500", "--config.checkpoint.every_steps=1000",
+                   wait=False)
+  deadline = time.time() + 300
+  while time.time() < deadline and proc.poll() is None:
+    if (tmp_path / "metrics.jsonl").exists() and len(step_losses(tmp_path)) >= 3:
+      break
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGTERM)
+  output, _ = proc.communicate(timeout=300)
+  assert proc.returncode == 0, output[-3000:]
+  saved = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+  assert saved and saved[-1] == max(step_losses(tmp_path)) >= 3
+  assert f"SIGTERM: saved step {saved[-1]}" in output
+
+
+def test_non_finite_loss_names_step_and_task(train_cmd, tmp_path):
+  result = train_cmd(tmp_path, *FAST, "--config.optim.lr=1e8", "--config.optim.head_lr=1e8",
+                     "--config.optim.warmup_steps=0", "--config.optim.clip_norm=1e30", "--config.dtype=bfloat16")
+  assert result.returncode != 0
+  assert "FloatingPointError: Non-finite" in result.stderr
+  import re
+  assert re.search(r"at step \d+ on task '(search|storyline)'", result.stderr)
+
+
+def test_export_loads_in_sentence_transformers(baseline):
+  from sentence_transformers import SentenceTransformer
+  from postembed_jax.serving.embedder import Embedder
+  workdir, _ = baseline
+  texts = ["Debian package manager", "image viewer for the GNOME desktop", "", "日本語のパッケージ説明"]
+  ours = Embedder.from_pretrained(workdir / "export").embed(texts)
+  theirs = SentenceTransformer(str(workdir / "export_st"), device="cpu").encode(texts, convert_to_numpy=True)
+  assert ours.shape == theirs.shape == (4, 16)
+  np.testing.assert_allclose(ours, theirs, atol=1e-5, rtol=0)
+  meta = json.loads((workdir / "export" / "postembed.json").read_text())
+  assert meta["step"] == 20 and meta["tower"]["embed_dim"] == 16
+
+
+def test_resolved_config_and_metrics_are_written(baseline):
+  workdir, _ = baseline
+  config = json.loads((workdir / "config.json").read_text())
+  assert config["data"]["tasks"] == "search,storyline" and config["total_steps"] == 20
+  assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
+  final = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "val/mean_pair_auc" in l]
+  assert final and 0.0 <= final[-1]["val/mean_pair_auc"] <= 1.0

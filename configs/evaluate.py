@@ -17,7 +17,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.model = "all-MiniLM-L6-v2,tfidf,random_projection"
   c.evaluators = "pair_auc,retrieval,classification,zero_shot"  # names in evaluators.EVALUATORS
   c.split = "test"  # test figures carry bootstrap 95% intervals
-  c.output_dir = "results/evaluate"  # results.json (all models so far) and results.md
+  c.output_dir = "workdirs/evaluate"  # results.json (all models so far) and results.md
 
   c.data = pipeline.default_data_config()
   c.data.tasks = ",".join(training.TRAINABLE_TASKS)  # pair and classification tasks; zero-shot ones always run

@@ -1,0 +1,43 @@
+"""Transfer ablation: `python launch/ablate.py --config configs/ablation.py[:quick] [--config.FIELD=VALUE ...]`.
+
+The multi-task model and one single-task model per task (optionally each leave-one-task-out model), over several
+seeds, with equal steps and batch size: each run is `train` plus the overrides `data.tasks` and `seed`, in
+`<workdir>/<variant>/seed_<s>`. Re-running the command skips finished runs and resumes killed ones.
+`:quick` is a small variant that finishes in about half an hour on a 2-core CPU (see docs/evaluation.md).
+"""
+
+import ml_collections
+
+from postembed_jax.train import config as training
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.tasks = ",".join(training.PAIR_TASKS)  # compared: MTL on all of them against STL on each
+  c.seeds = "0,1,2"
+  c.leave_one_out = False  # also train each "all tasks but one" model
+  c.workdir = "workdirs/ablation"
+  c.workers = 1  # > 1: that many training processes at once
+  c.affinity_every_steps = 20  # MTL runs log the lookahead task affinity this often (0: never)
+
+  c.train = training.training_config(c.tasks)  # every run's training config, before its overrides
+  c.train.eval.every_steps = 10 ** 9  # validation at the last step only: runs are compared on the test split
+
+  c.metric = "pair_auc"  # per-task metric the report compares (the paper's)
+  c.evaluators = "pair_auc"  # names in evaluators.EVALUATORS, run on each run's export
+  c.evaluation = ml_collections.ConfigDict()  # fields of evaluators.EvalSettings
+  c.evaluation.max_examples = 1000  # test examples per task
+  c.evaluation.confidence_intervals = False  # intervals come from the seeds
+  c.evaluation.batch_size = 64
+
+  if arg == "quick":
+    training.quick(c.train)
+    c.tasks = c.train.data.tasks = "interest,search,translation"
+    c.train.total_steps = 40
+    c.train.eval.every_steps = 10 ** 9
+    c.affinity_every_steps = 10
+    c.evaluation.max_examples = 300
+    c.workdir = "workdirs/ablation_quick"
+  elif arg:
+    raise ValueError(f"Unknown config variant {arg!r}; valid: 'quick'.")
+  return c

@@ -1,0 +1,35 @@
+"""Ablate: `python launch/ablate.py --config configs/ablation.py[:quick] [--config.workers=N] [--config.FIELD=...]`.
+
+Trains every unfinished run of the ablation (finished runs are skipped, killed ones resume), then writes
+results.csv, transfer.csv, report.md and the plots into --config.workdir. All logic is in postembed_jax.ablation.
+"""
+
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from absl import app, logging
+from ml_collections import config_flags
+
+from postembed_jax.ablation.report import write_report
+from postembed_jax.ablation.runner import plan_runs, run_ablation
+
+_CONFIG = config_flags.DEFINE_config_file("config", "configs/ablation.py", "Ablation config.")
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)
+  config = _CONFIG.value
+  start = time.perf_counter()
+  results = run_ablation(config)
+  summary = write_report(results, Path(config.workdir), metric=config.metric,
+                         tasks=sorted(set(plan_runs(config)[0].tasks), key=config.tasks.index),
+                         command="python " + " ".join(map(shlex.quote, sys.argv)))
+  print(f"Ablation finished in {time.perf_counter() - start:.0f} s (this invocation): {summary}. "
+        f"Report: {Path(config.workdir) / 'report.md'}")
+
+
+if __name__ == "__main__":
+  app.run(main)

@@ -6,8 +6,10 @@ Re-running with the same --workdir resumes from its latest checkpoint. All logic
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from postembed_jax import config_overrides
 from postembed_jax.train.loop import train_and_evaluate
 
+config_overrides.exit_on_unknown_override(default="configs/mtl.py")
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/mtl.py", "Training config.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/mtl", "Checkpoints, metrics and the export go here.")
 

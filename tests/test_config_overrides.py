@@ -1,0 +1,24 @@
+"""Mistyped overrides fail before any work, naming the valid fields."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+from postembed_jax import config_overrides
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_unknown_nested_field_lists_valid_fields():
+  config = config_overrides.load_config(str(REPO / "configs/mtl.py:quick"))
+  assert config.total_steps == 60  # the :quick variant was applied
+  message = config_overrides.unknown_override(config, ["--config.optim.lrr=3"])
+  assert "config.optim has no field 'lrr'" in message and "head_lr, layer_decay, lr, schedule" in message
+  assert config_overrides.unknown_override(config, ["--config.optim.lr=3", "--workdir=x"]) is None
+
+
+def test_launcher_exits_with_the_message():
+  result = subprocess.run([sys.executable, "launch/train.py", "--config=configs/stl.py:search,quick",
+                           "--config.data.taks=search"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  assert result.returncode == 1
+  assert "config.data has no field 'taks'" in result.stderr and "tasks" in result.stderr

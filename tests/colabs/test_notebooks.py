@@ -1,0 +1,65 @@
+"""colabs/quickstart.ipynb and colabs/ablation_report.ipynb run headless, top to bottom, with tiny settings."""
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from nbclient import NotebookClient
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE_DIR = REPO / "tests" / "fixtures" / "debian"
+
+
+def _execute(name: str) -> tuple[str, list[dict]]:
+  notebook = nbformat.read(REPO / "colabs" / name, as_version=4)
+  NotebookClient(notebook, timeout=600, kernel_name="python3",
+                 resources=dict(metadata=dict(path=str(REPO)))).execute()
+  outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
+  text = "\n".join(o.get("text", "") or o.get("data", {}).get("text/markdown", "") for o in outputs)
+  return text, outputs
+
+
+def _has_image(outputs: list[dict]) -> bool:
+  return any("image/png" in o.get("data", {}) for o in outputs)
+
+
+@pytest.mark.slow
+def test_quickstart_trains_embeds_and_plots(tmp_path, monkeypatch):
+  for name, value in dict(POSTEMBED_WORKDIR=str(tmp_path / "run"), POSTEMBED_TASKS="search", POSTEMBED_STEPS="2",
+                          POSTEMBED_SAMPLE="120", POSTEMBED_SPLIT="train",
+                          POSTEMBED_DEBIAN_INDEX_DIR=str(FIXTURE_DIR),
+                          POSTEMBED_DEBIAN_DATA_DIR=str(tmp_path / "tfds")).items():
+    monkeypatch.setenv(name, value)
+  text, outputs = _execute("quickstart.ipynb")
+  assert "2 steps of batch 16 on tasks search" in text
+  assert "120 posts from train -> embeddings (120, 50), float32" in text
+  assert "query: play music files from the command line" in text
+  assert "fine-tuned (50-d)" in text and "base (384-d)" in text and "search/pair_auc" in text
+  assert (tmp_path / "run" / "export" / "postembed.json").exists()
+  assert _has_image(outputs)
+
+
+def _synthetic_ablation(root: Path) -> None:
+  lines = ["variant,seed,task,metric,value,train_seconds"]
+  for seed in range(3):
+    for task, mtl, stl in (("search", 0.95, 0.93), ("interest", 0.80, 0.81)):
+      lines.append(f"mtl,{seed},{task},pair_auc,{mtl + 0.001 * seed},10")
+      lines.append(f"stl-{task},{seed},{task},pair_auc,{stl + 0.002 * seed},5")
+    workdir = root / "mtl" / f"seed_{seed}"
+    workdir.mkdir(parents=True)
+    record = {"step": 10, "affinity": [[0.01, 0.02], [0.03, 0.01]], "affinity_labels": ["search", "interest"]}
+    (workdir / "metrics.jsonl").write_text(json.dumps(record) + "\n")
+  (root / "results.csv").write_text("\n".join(lines) + "\n")
+
+
+def test_ablation_report_shows_tables_and_plots(tmp_path, monkeypatch):
+  _synthetic_ablation(tmp_path)
+  monkeypatch.setenv("POSTEMBED_ABLATION_DIR", str(tmp_path))
+  text, outputs = _execute("ablation_report.ipynb")
+  assert "12 results of 9 runs" in text
+  assert "| search | 0.9510 [" in text and "+2.04% *" in text  # (0.951 - 0.932) / 0.932, significant
+  assert "significant positive transfer on 1 of 2 tasks" in text
+  assert "mean over 3 logged steps" in text
+  assert "| stl-interest | 2 |  | 0.8140 |" in text
+  assert sum("image/png" in o.get("data", {}) for o in outputs) == 2

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import signal
 import time
@@ -16,6 +17,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from postembed_jax.ablation.affinity import lookahead_affinity
 from postembed_jax.data import pipeline
 from postembed_jax.evaluation import evaluators
 from postembed_jax.models import hf_io
@@ -75,6 +77,41 @@ class Validator:
     return metrics
 
 
+class AffinityProbe:
+  """Lookahead inter-task affinity on fixed probe batches (the first batch of each task the run draws), so the
+  matrix compiles once and its changes over training come from the parameters alone. The lookahead steps move the
+  shared tower only (head gradients zeroed), with SGD at ``optim.lr``, as in Fifty et al. (2021)."""
+
+  def __init__(self, graphdef, task_names: list[str], lr: float):
+    self.task_names = task_names
+    self.batches: dict[str, dict] = {}
+    loss_fns = [functools.partial(self._loss, graphdef, task_names, task) for task in task_names]
+
+    def tower_only(grad):
+      return jax.tree_util.tree_map_with_path(
+          lambda path, g: g if path[0].key == "tower" else jnp.zeros_like(g), grad)
+
+    def affinity(params, batches):
+      grads = [tower_only(jax.grad(loss)(params, batch)) for loss, batch in zip(loss_fns, batches)]
+      return lookahead_affinity(loss_fns, params, batches, lr, grads)
+
+    self._affinity = jax.jit(affinity)
+
+  @staticmethod
+  def _loss(graphdef, task_names, task, params, batch):
+    return step_lib.model_loss(graphdef, params, batch, task=task, task_names=task_names, rngs=None)[0]
+
+  def observe(self, task: str, batch: dict) -> None:
+    self.batches.setdefault(task, batch)
+
+  @property
+  def ready(self) -> bool:
+    return len(self.batches) == len(self.task_names)
+
+  def __call__(self, params) -> np.ndarray:
+    return np.asarray(self._affinity(params, tuple(self.batches[t] for t in self.task_names)))
+
+
 def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   """Trains (resuming from ``workdir`` when it holds checkpoints), exports, returns final validation metrics."""
   workdir = Path(workdir)
@@ -132,6 +169,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
                                              batch_sharding=batch_sharding)
     return steps[task]
 
+  probe = None
+  if config.affinity_every_steps and len(task_names) > 1 and not config.data.mixed:
+    probe = AffinityProbe(graphdef, task_names, config.optim.lr)
   writer = MetricsWriter(workdir)
   if start_step == 0 and config.eval.at_start:
     # The starting point (pretrained tower, fresh projection) on the same validation suite: what training adds.
@@ -147,7 +187,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     while step < config.total_steps:
       batch = next(train_iter)
       task = batch["task"]
-      train_state, metrics = step_for(task)(train_state, step_lib.global_batch(batch, batch_sharding))
+      device_batch = step_lib.global_batch(batch, batch_sharding)
+      if probe is not None:
+        probe.observe(task, device_batch)
+      train_state, metrics = step_for(task)(train_state, device_batch)
       step += 1
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
@@ -165,6 +208,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
                          "ex/s": f"{examples_seen / max(elapsed, 1e-9):.1f}"})
         examples_seen, clock = 0, time.perf_counter()
       bar.update(1)
+      if probe is not None and probe.ready and step % config.affinity_every_steps == 0:
+        writer.write_matrix(step, "affinity", probe(train_state["params"]), task_names)
       eval_now = step % config.eval.every_steps == 0 or step == config.total_steps
       if eval_now:
         val_metrics = validator(nnx.state(nnx.merge(graphdef, train_state["params"]).tower))

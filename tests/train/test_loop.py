@@ -123,3 +123,14 @@ def test_resolved_config_and_metrics_are_written(baseline):
   assert list((workdir / "tensorboard").glob("events.out.tfevents.*"))
   final = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines() if "val/mean_pair_auc" in l]
   assert final and 0.0 <= final[-1]["val/mean_pair_auc"] <= 1.0
+
+
+def test_affinity_matrix_is_logged(train_cmd, tmp_path):
+  from postembed_jax.ablation.affinity import read_affinity
+  _ok(train_cmd(tmp_path, *FAST, "--config.total_steps=8", "--config.affinity_every_steps=4",
+                "--config.export=False"))
+  labels, matrix, count = read_affinity(tmp_path)
+  assert labels == ["search", "storyline"] and matrix.shape == (2, 2) and count == 2
+  assert np.all(np.isfinite(matrix))
+  # A lookahead step on a task's own gradient lowers its own loss (small enough step): positive diagonal.
+  assert np.all(np.diag(matrix) > 0), matrix

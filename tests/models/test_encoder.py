@@ -36,8 +36,8 @@ def test_bfloat16_error_is_small_but_nonzero(default_embedder, parity_texts):
   f32 = default_embedder.embed(parity_texts)
   error = np.abs(bf16 - f32).max()
   cosine = np.sum(bf16 * f32, axis=1) / np.linalg.norm(bf16, axis=1)
-  assert 1e-4 < error < 0.05, error  # documented in docs/models.md
-  assert cosine.min() > 0.99
+  assert 1e-4 < error < 1e-2, error  # measured 2.3e-3, documented in docs/models.md
+  assert cosine.min() > 0.9995
 
 
 @pytest.mark.parametrize("model_type,safe", [("roberta", True), ("xlm-roberta", False), ("bert", False)])

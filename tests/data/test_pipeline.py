@@ -1,5 +1,5 @@
 """Pipeline: batch format and content, bucketing, sampler proportions,
-resumable state, multi-host sharding, start-up validation."""
+resumable state, multi-host slices of one global batch, start-up validation."""
 
 import collections
 import json
@@ -68,11 +68,14 @@ def test_batches_hold_true_pairs_and_labels(data_config, tokenizer):
 
 def test_length_bucketing_keeps_padding_small(data_config, tokenizer):
   cfg = _cfg(data_config, tasks='search,translation', batch_size=16, neg_ratio=0.0)
-  it = pipeline.make_train_iterator(cfg, tokenizer, seed=0)
-  fill = np.mean([next(it)['right_mask'].mean() for _ in range(200)])
-  it = pipeline.make_train_iterator(_cfg(cfg, shuffle_window=1), tokenizer, seed=0)
-  fill_unsorted = np.mean([next(it)['right_mask'].mean() for _ in range(200)])
-  assert fill > 0.7 and fill > fill_unsorted + 0.1, (fill, fill_unsorted)
+
+  def fill(**changes):
+    it = pipeline.make_train_iterator(_cfg(cfg, **changes), tokenizer, seed=0)
+    return np.mean([next(it)['right_mask'].mean() for _ in range(200)])
+
+  tokens, estimate, unsorted = fill(), fill(length_key='bytes'), fill(shuffle_window=1)
+  assert tokens > 0.75 and estimate > 0.7 and tokens > estimate, (tokens, estimate)
+  assert estimate > unsorted + 0.1, (estimate, unsorted)
 
 
 @pytest.mark.parametrize('sampling,extra', [
@@ -127,20 +130,95 @@ def test_saved_state_resumes_identically(data_config, tokenizer, mixed):
   assert not all(_same(a, b) for a, b in zip(expected, [next(other) for _ in range(25)]))
 
 
-def test_hosts_read_disjoint_shards_in_step(data_config, tokenizer):
-  cfg = _cfg(data_config, tasks='interest,search')
-  hosts = [pipeline.make_train_iterator(cfg, tokenizer, seed=0, process_index=i, process_count=2)
-           for i in range(2)]
-  single = pipeline.make_train_iterator(cfg, tokenizer, seed=0)
-  for _ in range(30):
-    b0, b1, b = next(hosts[0]), next(hosts[1]), next(single)
-    assert b0['task'] == b1['task'] == b['task']
-    assert b0['label'].shape == (cfg.batch_size // 2,)
-  for name in ('interest', 'search'):
-    shards = [h._it._ds.batches[name].data for h in hosts]  # pylint: disable=protected-access
-    assert len(shards[0]) + len(shards[1]) == hosts[0].num_examples[name]
+def _assemble(parts):
+  """The trainer's view of the hosts' batches: every 2-D ids/mask array padded
+  (with 0) to the longest host, then rows concatenated in host order."""
+  out = {'task': parts[0]['task']}
+  assert all(p['task'] == out['task'] and p.keys() == parts[0].keys() for p in parts)
+  for k in parts[0]:
+    if k == 'task':
+      continue
+    arrays = [p[k] for p in parts]
+    if arrays[0].ndim == 2 and k.endswith(('ids', 'mask')):
+      width = max(a.shape[1] for a in arrays)
+      arrays = [np.pad(a, ((0, 0), (0, width - a.shape[1]))) for a in arrays]
+    out[k] = np.concatenate(arrays)
+  return out
+
+
+def _check_host_batch(batch, buckets, rows):
+  """A host's batch has its own rows, padded to the bucket of its longest one."""
+  for k in batch:
+    if k.endswith('mask'):
+      longest = int(batch[k].sum(axis=1).max())
+      assert batch[k].shape == (rows, min(b for b in buckets if b >= longest)), k
+    if k != 'task':
+      assert len(batch[k]) == rows, k
+
+
+@pytest.mark.parametrize('tasks,mixed,length_key', [
+    ('interest,search,section,debtags', False, 'tokens'),
+    ('interest,search,section,debtags', False, 'bytes'),
+    ('interest,search,translation', True, 'tokens'),
+    ('interest,search,translation', True, 'bytes'),
+], ids=['single-tokens', 'single-bytes', 'mixed-tokens', 'mixed-bytes'])
+def test_hosts_yield_their_slice_of_the_one_process_batch(data_config, tokenizer, tasks, mixed,
+                                                          length_key):
+  cfg = _cfg(data_config, tasks=tasks, mixed=mixed, length_key=length_key, shuffle_window=4,
+             bucket_lengths=(16, 32, 48, 64, 96, 128))
+  buckets = pipeline.bucket_lengths(cfg)
+  single = pipeline.make_train_iterator(cfg, tokenizer, seed=3)
+  expected = [next(single) for _ in range(30)]
+  state = json.loads(json.dumps(single.get_state()))
+  expected += [next(single) for _ in range(10)]
+  assert len({b['task'] for b in expected}) == (1 if mixed else 4)
+  # Row widths differ between hosts, so the test really covers per-host padding.
+  for count in (1, 2, 4):
+    hosts = [pipeline.make_train_iterator(cfg, tokenizer, seed=3, process_index=i,
+                                          process_count=count) for i in range(count)]
+    widths = set()
+    for step, want in enumerate(expected[:30]):
+      parts = [next(h) for h in hosts]
+      for part in parts:
+        _check_host_batch(part, buckets, cfg.batch_size // count)
+      widths.add(len({p['left_ids'].shape[1] for p in parts if 'left_ids' in p}))
+      assert _same(_assemble(parts), want), (count, step)
+    if count > 1:
+      assert max(widths) > 1, 'every host padded to the same width: weak test'
+    # The state is host-independent: resume every host from a saved state.
+    assert all(json.loads(json.dumps(h.get_state())) == state for h in hosts)
+    resumed = [pipeline.make_train_iterator(cfg, tokenizer, seed=3, process_index=i,
+                                            process_count=count) for i in range(count)]
+    for h in resumed:
+      h.set_state(state)
+    for step, want in enumerate(expected[30:], start=30):
+      assert _same(_assemble([next(h) for h in resumed]), want), (count, step)
   with pytest.raises(ValueError, match='not divisible'):
     pipeline.make_train_iterator(_cfg(cfg, batch_size=9), tokenizer, seed=0, process_count=2)
+
+
+def test_bytes_key_tokenises_only_the_hosts_rows(data_config, tokenizer):
+  cfg = _cfg(data_config, tasks='interest,search', length_key='bytes')
+  hosts = [pipeline.make_train_iterator(cfg, tokenizer, seed=0, process_index=i, process_count=2)
+           for i in range(2)]
+  vocab = hosts[0]._it._ds.batches['search'].vocab  # pylint: disable=protected-access
+  assert vocab.num_tokenised == 0  # nothing at start-up
+  seen = [set(), set()]
+  for _ in range(20):
+    for h, it in enumerate(hosts):
+      b = next(it)
+      for side in ('left', 'right'):
+        seen[h] |= set(_rows(b, side))
+  for h, it in enumerate(hosts):
+    vocab = it._it._ds.batches['search'].vocab  # pylint: disable=protected-access
+    tokenised = {tuple(vocab._ids[t]) for t in np.flatnonzero(vocab.lengths >= 0)}  # pylint: disable=protected-access
+    assert tokenised == seen[h]
+  assert seen[0] != seen[1]
+  cfg = _cfg(cfg, length_key='tokens')
+  it = pipeline.make_train_iterator(cfg, tokenizer, seed=0, process_index=0, process_count=2)
+  next(it)  # 'tokens' needs the lengths of the whole window (shuffle_window global batches)
+  vocab = it._it._ds.batches['search'].vocab  # pylint: disable=protected-access
+  assert vocab.num_tokenised > cfg.batch_size * 2
 
 
 def test_user_files_through_the_pipeline(data_config, tokenizer, tmp_path):

@@ -2,7 +2,8 @@
 
 Scores come from scikit-learn wherever it has the metric. Retrieval metrics are per query (arrays of length Q), so
 a confidence interval can resample queries; scikit-learn's ranking metrics average over queries, so the per-query
-recall@k and reciprocal rank are read off the rank of the relevant documents (their textbook definitions).
+recall@k and reciprocal rank are read off the rank of the relevant documents (their textbook definitions). Average
+precision is scikit-learn's definition vectorised over labels (for the bootstrap's sake) and tested against it.
 """
 
 from __future__ import annotations
@@ -38,12 +39,32 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
   return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
+def average_precision_per_label(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
+  """Per column of [N, L] arrays, scikit-learn's average precision (step-wise, tied scores one threshold), computed
+  for all columns at once: the bootstrap of mAP over hundreds of debtags calls this a thousand times, where
+  ``average_precision_score`` column by column took minutes. Equality with scikit-learn is tested. nan where a
+  column has no positive."""
+  order = np.argsort(-scores, axis=0, kind="stable")
+  sorted_scores = np.take_along_axis(scores, order, axis=0)
+  hits = np.take_along_axis(np.asarray(y_true) > 0, order, axis=0).astype(np.float64)
+  true_positives = np.cumsum(hits, axis=0)
+  precision = true_positives / np.arange(1, len(hits) + 1)[:, None]
+  threshold_end = np.ones(sorted_scores.shape, bool)  # last row of each group of tied scores
+  threshold_end[:-1] = sorted_scores[:-1] != sorted_scores[1:]
+  at_thresholds = np.where(threshold_end, true_positives, 0.0)
+  previous = np.zeros_like(true_positives)
+  previous[1:] = np.maximum.accumulate(at_thresholds, axis=0)[:-1]
+  gained = np.where(threshold_end, (true_positives - previous) * precision, 0.0).sum(axis=0)
+  with np.errstate(invalid="ignore", divide="ignore"):
+    return gained / true_positives[-1]
+
+
 def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
   """mAP over labels (columns of a [N, L] indicator matrix) that have at least one positive."""
-  has_positive = np.asarray(y_true).sum(axis=0) > 0
+  has_positive = np.asarray(y_true).any(axis=0)
   if not has_positive.any():
     raise ValueError("mean_average_precision needs at least one positive label.")
-  return float(skm.average_precision_score(y_true[:, has_positive], scores[:, has_positive], average="macro"))
+  return float(np.mean(average_precision_per_label(y_true[:, has_positive], scores[:, has_positive])))
 
 
 def relevant_ranks(relevance: np.ndarray, scores: np.ndarray) -> list[np.ndarray]:

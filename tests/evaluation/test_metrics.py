@@ -52,3 +52,14 @@ def test_map_skips_labels_without_positives():
   assert metrics.mean_average_precision(truth, perfect) == 1.0  # column 2 has no positive and is ignored
   with pytest.raises(ValueError, match="at least one positive"):
     metrics.mean_average_precision(np.zeros((2, 2)), np.zeros((2, 2)))
+
+
+def test_average_precision_per_label_equals_scikit_learn_with_ties():
+  from sklearn.metrics import average_precision_score
+  rng = np.random.default_rng(0)
+  truth = (rng.random((300, 40)) < 0.1).astype(int)
+  scores = np.round(rng.random((300, 40)) + 0.3 * truth, 1)  # rounding makes many ties
+  expected = [average_precision_score(truth[:, j], scores[:, j]) for j in range(40) if truth[:, j].any()]
+  got = metrics.average_precision_per_label(truth, scores)
+  np.testing.assert_allclose(got[truth.any(axis=0)], expected, rtol=1e-12)
+  assert metrics.mean_average_precision(truth, scores) == pytest.approx(np.mean(expected))

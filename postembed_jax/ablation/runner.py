@@ -67,10 +67,11 @@ def run_config(config, run: Run) -> ml_collections.ConfigDict:
   return train
 
 
-def eval_data_config(config) -> ml_collections.ConfigDict:
-  """One data config for scoring every run, so every model sees the same test pairs."""
+def eval_data_config(config, tasks: tuple[str, ...]) -> ml_collections.ConfigDict:
+  """The data config runs are scored with: the shared training block's, whatever the run's own overrides, so every
+  model sees the same test pairs of a task."""
   data = ml_collections.ConfigDict(config.train.data.to_dict())
-  data.tasks = config.tasks
+  data.tasks = ",".join(tasks)
   return data
 
 
@@ -97,9 +98,8 @@ def execute_run(config_json: str, run: Run) -> dict:
   train_seconds = time.perf_counter() - start
   embedder = Embedder.from_pretrained(str(workdir / "export"), max_length=train.data.max_length,
                                       batch_size=config.evaluation.batch_size)
-  data = eval_data_config(config)
-  data.tasks = ",".join(run.eval_tasks)
-  metrics = evaluators.evaluate(embedder, config.evaluators, split="test", data_config=data,
+  metrics = evaluators.evaluate(embedder, config.evaluators, split="test",
+                                data_config=eval_data_config(config, run.eval_tasks),
                                 settings=evaluators.EvalSettings.from_config(config.evaluation))
   result = {"variant": run.variant, "seed": run.seed, "tasks": list(run.tasks), "eval_tasks": list(run.eval_tasks),
             "train_seconds": round(train_seconds, 1), "eval_seconds": round(time.perf_counter() - start

@@ -33,6 +33,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.host = "127.0.0.1"
   config.port = 8000
   config.log_level = "info"
+  config.access_log = True  # one log line per request; turn off for load tests
   config.compilation_cache_dir = config_dict.placeholder(str)  # JAX persistent cache: faster restarts
   if arg == "tiny":
     config.max_length = 64

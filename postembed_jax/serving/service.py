@@ -246,4 +246,5 @@ def serve(config) -> None:
   if config.compilation_cache_dir:
     jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-  uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level)
+  uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level,
+              access_log=config.access_log)

@@ -1,0 +1,272 @@
+"""Near-line latency: how long from submitting a post until its embedding is stored and searchable, at a steady
+arrival rate of real Debian descriptions, and the highest rate the service sustains before it pushes back.
+
+The real service (launch/serve.py, default config unless overridden) runs in a subprocess on 127.0.0.1; an asyncio
+client submits one post per request at fixed, open-loop arrival times (a slow answer never delays the next post).
+A post's latency is the server's ``embedded_at`` (stamped in the commit that stores its embedding, just before the
+index add) minus the client's send time; both clocks are this machine's. Then a sweep raises the rate until the
+service answers 429 or p99 exceeds the target. Finally the saved index is reloaded and its HNSW recall@10 measured
+against exact search, with queries the service never saw.
+
+  python benchmarks/nearline_latency.py                       # ~10 min on 2 cores; writes benchmarks/results/
+  python benchmarks/nearline_latency.py --model <export dir> --rate 20 --duration 60 --sweep 20,40,60,80,120,160
+"""
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+TARGET_P99_S = 1.0
+
+
+def load_texts(split: str, seed: int) -> list[str]:
+  from postembed_jax.data import debian
+  from postembed_jax.serving.members import debian_posts
+  texts, _ = debian_posts(debian.load_records(split))
+  return [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
+
+
+class Service:
+  """launch/serve.py in a subprocess; the port is the one uvicorn reports."""
+
+  def __init__(self, workdir: Path, flags: list[str], startup_timeout_s: float = 900):
+    self.log_path = workdir / "service.log"
+    self._log = open(self.log_path, "w")
+    self.proc = subprocess.Popen(
+        [sys.executable, "launch/serve.py", "--config", "configs/serve.py", "--config.port=0",
+         f"--config.db_path={workdir / 'posts.sqlite3'}", f"--config.index_path={workdir / 'posts.usearch'}",
+         "--config.access_log=False", *flags], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    self.url = None
+    ready = threading.Event()
+
+    def read():
+      for line in self.proc.stdout:
+        self._log.write(line)
+        self._log.flush()
+        match = re.search(r"Uvicorn running on (http://127\.0\.0\.1:\d+)", line)
+        if match:
+          self.url = match.group(1)
+          ready.set()
+
+    threading.Thread(target=read, daemon=True).start()
+    start = time.monotonic()
+    if not ready.wait(startup_timeout_s):
+      self.stop(signal.SIGKILL)
+      raise RuntimeError(f"service did not start; see {self.log_path}")
+    self.startup_s = time.monotonic() - start
+
+  def stop(self, sig=signal.SIGTERM) -> None:
+    if self.proc.poll() is None:
+      os.kill(self.proc.pid, sig)
+    try:
+      self.proc.wait(120)
+    except subprocess.TimeoutExpired:
+      os.kill(self.proc.pid, signal.SIGKILL)
+      self.proc.wait(30)
+
+
+async def run_phase(url: str, texts: list[str], first_id: int, rate: float, duration_s: float) -> dict:
+  """Open-loop arrivals at ``rate`` posts/s; per post: send time, answer, ack time. Samples queue depth too."""
+  n = int(rate * duration_s)
+  sends, acks, codes = np.zeros(n), np.zeros(n), np.zeros(n, int)
+  depths = []
+  limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
+  async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
+    async def send(i):
+      sends[i] = time.time()
+      try:
+        r = await client.post("/posts", json=dict(id=f"b{first_id + i}", text=texts[i]))
+        codes[i] = r.status_code
+      except httpx.HTTPError:
+        codes[i] = -1
+      acks[i] = time.time()
+
+    async def sample_depth(stop):
+      while not stop.is_set():
+        depths.append((await client.get("/metrics")).json()["queue_depth"])
+        await asyncio.sleep(0.5)
+
+    stop = asyncio.Event()
+    sampler = asyncio.create_task(sample_depth(stop))
+    start = time.monotonic()
+    tasks = []
+    for i in range(n):
+      delay = start + i / rate - time.monotonic()
+      if delay > 0:
+        await asyncio.sleep(delay)
+      tasks.append(asyncio.create_task(send(i)))
+    await asyncio.gather(*tasks)
+    send_span = time.monotonic() - start
+    stop.set()
+    await sampler
+  ids = [f"b{first_id + i}" for i in range(n)]
+  return dict(ids=ids, sends=sends, acks=acks, codes=codes, max_queue_depth=max(depths, default=0),
+              achieved_rate=n / send_span)
+
+
+def wait_drained(client: httpx.Client, timeout_s: float = 600) -> float:
+  start = time.monotonic()
+  while client.get("/metrics").json()["queue_depth"] and time.monotonic() - start < timeout_s:
+    time.sleep(0.1)
+  return time.monotonic() - start
+
+
+def summarize(client: httpx.Client, phase: dict, rate: float) -> dict:
+  accepted = [i for i, c in enumerate(phase["codes"]) if c == 202]
+  latency = []
+  for i in accepted:
+    post = client.get(f"/posts/{phase['ids'][i]}").json()
+    latency.append(post["embedded_at"] - phase["sends"][i])
+  latency = np.array(latency)
+  ack = (phase["acks"] - phase["sends"])[accepted]
+  pct = lambda v, q: round(float(np.percentile(v, q)), 4) if len(v) else None
+  return dict(
+      rate=rate, achieved_rate=round(phase["achieved_rate"], 2), posts=len(phase["codes"]), accepted=len(accepted),
+      rejected_429=int(np.sum(phase["codes"] == 429)), errors=int(np.sum((phase["codes"] != 202) &
+                                                                        (phase["codes"] != 429))),
+      max_queue_depth=phase["max_queue_depth"],
+      searchable_s=dict(p50=pct(latency, 50), p90=pct(latency, 90), p99=pct(latency, 99),
+                        max=pct(latency, 100), mean=round(float(latency.mean()), 4) if len(latency) else None),
+      ack_s=dict(p50=pct(ack, 50), p99=pct(ack, 99), max=pct(ack, 100)))
+
+
+def index_recall(workdir: Path, model: str, max_length, queries: list[str], k: int = 10) -> dict:
+  """HNSW (as saved by the service and reloaded) vs brute force, for queries that are not in the index."""
+  from postembed_jax.serving.embedder import Embedder
+  from postembed_jax.serving.index import PostIndex
+  from postembed_jax.serving.store import PostStore
+  loaded, _ = PostIndex.load(workdir / "posts.usearch")
+  store = PostStore(workdir / "posts.sqlite3")
+  try:
+    keys, vectors = zip(*[(k_, v) for ks, vs in store.embeddings_since(0) for k_, v in zip(ks, vs)])
+  finally:
+    store.close()
+  keys, vectors = np.array(keys), np.stack(vectors)
+  q = Embedder.from_pretrained(model, max_length=max_length).embed(queries)
+  exact = keys[np.argsort(-(q @ vectors.T), axis=1)[:, :k]]
+  approx = loaded.search(q, k, exact=False)
+  recall = np.mean([len(set(a.tolist()) & set(e.tolist())) / k for (a, _), e in zip(approx, exact)])
+  return dict(indexed=len(loaded), queries=len(queries), k=k, recall=round(float(recall), 4))
+
+
+def machine() -> dict:
+  cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
+  return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
+              load_average_1_5_15=[round(x, 2) for x in os.getloadavg()])
+
+
+def markdown(report: dict) -> str:
+  s = report["steady"]
+  lines = [
+      "# Near-line latency benchmark", "",
+      f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
+      f"Machine: {report['machine_before']['cpu']}, {report['machine_before']['cores']} cores; load average "
+      f"before {report['machine_before']['load_average_1_5_15']}, after {report['machine_after']['load_average_1_5_15']} "
+      "(other jobs shared the machine when the load is above ~2)  ",
+      f"Service: model `{report['model']}`, flags `{' '.join(report['service_flags']) or '(defaults)'}`, "
+      f"startup incl. warm-up {report['service_startup_s']:.0f} s", "",
+      f"## Steady arrival: {s['rate']} posts/s for {report['duration_s']:.0f} s of real Debian descriptions", "",
+      "| submission -> searchable | p50 | p90 | p99 | max |", "| --- | --- | --- | --- | --- |",
+      f"| seconds | {s['searchable_s']['p50']} | {s['searchable_s']['p90']} | {s['searchable_s']['p99']} | "
+      f"{s['searchable_s']['max']} |", "",
+      f"Target p99 <= {TARGET_P99_S} s: **{'met' if s['searchable_s']['p99'] <= TARGET_P99_S else 'missed'}**. "
+      f"Acknowledgement (durable commit + HTTP): p50 {s['ack_s']['p50']} s, p99 {s['ack_s']['p99']} s. "
+      f"{s['accepted']}/{s['posts']} accepted, max queue depth {s['max_queue_depth']}.", "",
+      "## Rate sweep", "",
+      "| offered posts/s | achieved | accepted | 429 | max queue | p50 s | p99 s |",
+      "| --- | --- | --- | --- | --- | --- | --- |"]
+  for p in report["sweep"]:
+    lines.append(f"| {p['rate']} | {p['achieved_rate']} | {p['accepted']} | {p['rejected_429']} | "
+                 f"{p['max_queue_depth']} | {p['searchable_s']['p50']} | {p['searchable_s']['p99']} |")
+  r = report["index_recall"]
+  lines += ["", f"Highest sustainable rate (no 429, p99 <= {TARGET_P99_S} s): "
+                f"**{report['max_sustainable_rate']} posts/s**.", "",
+            f"HNSW recall@{r['k']} against exact search over the {r['indexed']} indexed posts (saved index reloaded, "
+            f"{r['queries']} unseen descriptions as queries): **{r['recall']}**.", ""]
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--model", default="all-MiniLM-L6-v2")
+  parser.add_argument("--rate", type=float, default=20.0)
+  parser.add_argument("--duration", type=float, default=60.0)
+  parser.add_argument("--sweep", default="20,40,60,80,100,120,160,200,240,320",
+                      help="rates (posts/s) tried in order; stops after the first that is not sustained")
+  parser.add_argument("--sweep_duration", type=float, default=20.0)
+  parser.add_argument("--max_queue", type=int, default=1000,
+                      help="the service's queue bound for this run (about 10-20 s of work at capacity)")
+  parser.add_argument("--split", default="train")
+  parser.add_argument("--recall_queries", type=int, default=300)
+  parser.add_argument("--service_flag", action="append", default=[], help="extra --config.* flag for the service")
+  parser.add_argument("--out", default=str(RESULTS / "nearline_latency"))
+  args = parser.parse_args()
+  signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the service (finally) when terminated
+
+  texts = load_texts(args.split, seed=0)
+  queries, texts = texts[:args.recall_queries], texts[args.recall_queries:]
+  flags = [f"--config.model={args.model}", f"--config.max_queue={args.max_queue}",
+           "--config.compilation_cache_dir=workdirs/jax_cache", *args.service_flag]
+  report = dict(command="python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
+                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), model=args.model, service_flags=flags,
+                duration_s=args.duration, target_p99_s=TARGET_P99_S, machine_before=machine())
+  with tempfile.TemporaryDirectory(prefix="nearline_bench_") as tmp:
+    workdir = Path(tmp)
+    service = Service(workdir, flags)
+    report["service_startup_s"] = round(service.startup_s, 1)
+    try:
+      client = httpx.Client(base_url=service.url, timeout=60)
+      used = 0
+
+      def phase(rate, duration):
+        nonlocal used
+        n = int(rate * duration)
+        if used + n > len(texts):
+          raise SystemExit(f"Only {len(texts)} distinct posts; lower the rates or durations.")
+        result = asyncio.run(run_phase(service.url, texts[used: used + n], used, rate, duration))
+        used += n
+        drain_s = wait_drained(client)
+        summary = summarize(client, result, rate)
+        summary["drain_after_phase_s"] = round(drain_s, 2)
+        print(json.dumps(summary), flush=True)
+        return summary
+
+      phase(args.rate, 3.0)  # warms the HTTP path and connection pool; not reported
+      report["steady"] = phase(args.rate, args.duration)
+      report["sweep"], report["max_sustainable_rate"] = [], None
+      for rate in [float(r) for r in args.sweep.split(",")]:
+        p = phase(rate, args.sweep_duration)
+        report["sweep"].append(p)
+        if p["rejected_429"] or p["errors"] or p["searchable_s"]["p99"] > TARGET_P99_S:
+          break
+        report["max_sustainable_rate"] = rate
+      report["server_metrics"] = client.get("/metrics").json()
+      client.close()
+    finally:
+      service.stop()
+    report["index_recall"] = index_recall(workdir, args.model, None, queries)
+  report["machine_after"] = machine()
+  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+  Path(args.out + ".json").write_text(json.dumps(report, indent=1) + "\n")
+  Path(args.out + ".md").write_text(markdown(report))
+  print(markdown(report))
+
+
+if __name__ == "__main__":
+  main()

@@ -30,18 +30,16 @@ class CosineBCEHead(nnx.Module):
     self.scale = _scalar(init_scale)
     self.bias = _scalar(init_bias)
 
-  def logits(self, left, right):
-    cos = jnp.sum(left * right, -1) / (jnp.linalg.norm(left, axis=-1) * jnp.linalg.norm(right, axis=-1) + 1e-9)
-    return self.scale[...] * cos + self.bias[...]
-
   def __call__(self, left, right, label):
-    logits = self.logits(left, right)
-    loss = optax.sigmoid_binary_cross_entropy(logits, label).mean()
-    return loss, {"pair_accuracy": jnp.mean((logits > 0) == (label > 0.5))}
+    """Per-row (loss, weight, correct): pair heads report rows so one step can serve every pair task."""
+    cos = jnp.sum(left * right, -1) / (jnp.linalg.norm(left, axis=-1) * jnp.linalg.norm(right, axis=-1) + 1e-9)
+    logits = self.scale[...] * cos + self.bias[...]
+    loss = optax.sigmoid_binary_cross_entropy(logits, label)
+    return loss, jnp.ones_like(loss), ((logits > 0) == (label > 0.5)).astype(jnp.float32)
 
 
 class InfoNCEHead(nnx.Module):
-  """Symmetric in-batch contrastive loss; rows labelled 0 take part only as negatives."""
+  """Symmetric in-batch contrastive loss; rows labelled 0 take part only as negatives (weight 0)."""
 
   def __init__(self, *, init_log_scale: float = 3.0):
     self.log_scale = _scalar(init_log_scale)
@@ -51,12 +49,9 @@ class InfoNCEHead(nnx.Module):
     right = right / (jnp.linalg.norm(right, axis=-1, keepdims=True) + 1e-9)
     sim = jnp.exp(jnp.clip(self.log_scale[...], 0.0, 4.6)) * left @ right.T  # scale capped at 100
     targets = jnp.arange(sim.shape[0])
-    positive = (label > 0.5).astype(jnp.float32)
-    per_row = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(sim, targets)
-                     + optax.softmax_cross_entropy_with_integer_labels(sim.T, targets))
-    loss = jnp.sum(per_row * positive) / jnp.maximum(jnp.sum(positive), 1.0)
-    accuracy = jnp.sum((jnp.argmax(sim, -1) == targets) * positive) / jnp.maximum(jnp.sum(positive), 1.0)
-    return loss, {"in_batch_accuracy": accuracy}
+    loss = 0.5 * (optax.softmax_cross_entropy_with_integer_labels(sim, targets)
+                  + optax.softmax_cross_entropy_with_integer_labels(sim.T, targets))
+    return loss, (label > 0.5).astype(jnp.float32), (jnp.argmax(sim, -1) == targets).astype(jnp.float32)
 
 
 class ClassificationHead(nnx.Module):
@@ -71,12 +66,13 @@ class ClassificationHead(nnx.Module):
         bias_init=nnx.with_partitioning(nnx.initializers.zeros_init(), ("classes",), eager_sharding=False))
 
   def __call__(self, embedding, label):
+    """(mean loss, accuracy): exact-match accuracy of the thresholded labels for multi-label tasks."""
     logits = self.linear(embedding)
     if self.multi_label:
       loss = optax.sigmoid_binary_cross_entropy(logits, label).sum(-1).mean()
-      return loss, {"label_accuracy": jnp.mean((logits > 0) == (label > 0.5))}
+      return loss, jnp.mean(jnp.all((logits > 0) == (label > 0.5), axis=-1))
     loss = optax.softmax_cross_entropy_with_integer_labels(logits, label).mean()
-    return loss, {"accuracy": jnp.mean(jnp.argmax(logits, -1) == label)}
+    return loss, jnp.mean(jnp.argmax(logits, -1) == label)
 
 
 def make_head(loss: str, *, embed_dim: int, num_classes: int | None = None, rngs: nnx.Rngs) -> nnx.Module:
@@ -91,14 +87,20 @@ def make_head(loss: str, *, embed_dim: int, num_classes: int | None = None, rngs
   raise ValueError(f"Unknown loss {loss!r}; choose one of {PAIR_LOSSES + CLASSIFICATION_LOSSES}.")
 
 
-def task_loss(tower, head, batch: dict, *, rngs: nnx.Rngs | None):
-  """Loss and metrics of one single-task batch: pair batches run the tower twice (siamese), label batches once.
-  Dropout is on when ``rngs`` is given."""
+def pair_loss(tower, heads: dict, task_names: list[str], batch: dict, *, rngs: nnx.Rngs | None):
+  """Per-row (loss, weight, correct) of a batch of pairs from any pair tasks: row r is scored by the head of task
+  ``task_names[batch["task_id"][r]]``. Single-task batches are the case where every row has the same task id, so
+  one compiled step serves every pair task and every mix of them."""
   kw = dict(deterministic=rngs is None, rngs=rngs)
-  if "left_ids" in batch:
-    left = tower(batch["left_ids"], batch["left_mask"], **kw)
-    right = tower(batch["right_ids"], batch["right_mask"], **kw)
-    return head(left, right, batch["label"])
-  embedding = tower(batch["ids"], batch["mask"], **kw)
-  return head(embedding, batch["labels"] if "labels" in batch else batch["label"])
+  left = tower(batch["left_ids"], batch["left_mask"], **kw)
+  right = tower(batch["right_ids"], batch["right_mask"], **kw)
+  per_head = [heads[name](left, right, batch["label"]) for name in task_names]
+  task_id = batch["task_id"]
+  return tuple(jnp.take_along_axis(jnp.stack([h[k] for h in per_head]), task_id[None], axis=0)[0]
+               for k in range(3))
 
+
+def classification_loss(tower, head, batch: dict, *, rngs: nnx.Rngs | None):
+  """(loss, accuracy) of a batch of labelled posts of one classification task."""
+  embedding = tower(batch["ids"], batch["mask"], deterministic=rngs is None, rngs=rngs)
+  return head(embedding, batch["labels"] if "labels" in batch else batch["label"])

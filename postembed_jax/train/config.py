@@ -65,6 +65,7 @@ def training_config(tasks: str) -> ml_collections.ConfigDict:
   c.eval.batch_size = 64
   c.affinity_every_steps = 0  # > 0: log the lookahead inter-task affinity matrix every N steps
   c.log_every_steps = 10
+  c.compilation_cache_dir = "~/.cache/postembed_jax/jax_cache"  # "" turns JAX's persistent cache off
   c.export = True
   return c
 

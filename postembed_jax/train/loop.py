@@ -17,6 +17,7 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from postembed_jax import compilation_cache
 from postembed_jax.ablation.affinity import lookahead_affinity
 from postembed_jax.data import pipeline
 from postembed_jax.evaluation import evaluators
@@ -82,10 +83,16 @@ class AffinityProbe:
   matrix compiles once and its changes over training come from the parameters alone. The lookahead steps move the
   shared tower only (head gradients zeroed), with SGD at ``optim.lr``, as in Fifty et al. (2021)."""
 
-  def __init__(self, graphdef, task_names: list[str], lr: float):
+  def __init__(self, graphdef, task_names: list[str], pair_tasks: list[str], lr: float):
     self.task_names = task_names
     self.batches: dict[str, dict] = {}
-    loss_fns = [functools.partial(self._loss, graphdef, task_names, task) for task in task_names]
+
+    def task_loss(task, params, batch):
+      key = step_lib.PAIRS if task in pair_tasks else task
+      return step_lib.model_loss(graphdef, params, batch, key=key, pair_tasks=pair_tasks, loss_weights={},
+                                 rngs=None)[1][0]
+
+    loss_fns = [functools.partial(task_loss, task) for task in task_names]
 
     def tower_only(grad):
       return jax.tree_util.tree_map_with_path(
@@ -96,10 +103,6 @@ class AffinityProbe:
       return lookahead_affinity(loss_fns, params, batches, lr, grads)
 
     self._affinity = jax.jit(affinity)
-
-  @staticmethod
-  def _loss(graphdef, task_names, task, params, batch):
-    return step_lib.model_loss(graphdef, params, batch, task=task, task_names=task_names, rngs=None)[0]
 
   def observe(self, task: str, batch: dict) -> None:
     self.batches.setdefault(task, batch)
@@ -117,6 +120,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   maybe_initialize_distributed(config.distributed)
+  compilation_cache.enable(config.compilation_cache_dir)
   is_main = jax.process_index() == 0
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
@@ -159,19 +163,20 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   validator = Validator(config, model.tower, tokenizer)
   batch_sharding = sharding.batch_sharding(mesh)
   task_names = train_iter.task_names
-  steps = {}  # one jitted step per task, compiled on first use
+  pair_tasks = [t for t in task_names if infos[t].num_classes is None]
+  loss_weights = {t: float(config.loss_weights.get(t, 1.0)) for t in task_names}
+  steps = {}  # one jitted step for all pair tasks, one per classification task; compiled per batch shape
 
-  def step_for(task: str):
-    if task not in steps:
-      weight = 1.0 if task == step_lib.MIXED else float(config.loss_weights.get(task, 1.0))
-      steps[task] = step_lib.make_train_step(graphdef, tx, task=task, task_names=task_names, loss_weight=weight,
-                                             seed=config.seed, state_shardings=state_shardings,
-                                             batch_sharding=batch_sharding)
-    return steps[task]
+  def step_for(key: str):
+    if key not in steps:
+      steps[key] = step_lib.make_train_step(graphdef, tx, key=key, pair_tasks=pair_tasks, loss_weights=loss_weights,
+                                            seed=config.seed, state_shardings=state_shardings,
+                                            batch_sharding=batch_sharding)
+    return steps[key]
 
   probe = None
   if config.affinity_every_steps and len(task_names) > 1 and not config.data.mixed:
-    probe = AffinityProbe(graphdef, task_names, config.optim.lr)
+    probe = AffinityProbe(graphdef, task_names, pair_tasks, config.optim.lr)
   writer = MetricsWriter(workdir)
   if start_step == 0 and config.eval.at_start:
     # The starting point (pretrained tower, fresh projection) on the same validation suite: what training adds.
@@ -187,10 +192,10 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     while step < config.total_steps:
       batch = next(train_iter)
       task = batch["task"]
-      device_batch = step_lib.global_batch(batch, batch_sharding)
+      device_batch = step_lib.global_batch(step_lib.with_task_ids(batch, pair_tasks), batch_sharding)
       if probe is not None:
         probe.observe(task, device_batch)
-      train_state, metrics = step_for(task)(train_state, device_batch)
+      train_state, metrics = step_for(step_lib.step_key(batch))(train_state, device_batch)
       step += 1
       metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
       bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]

@@ -9,48 +9,54 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import optax.losses
 from flax import nnx
 from jax.experimental import multihost_utils
 
 from postembed_jax.models import heads as heads_lib
 
-MIXED = "mixed"
+PAIRS = "pairs"  # the step key shared by every pair task (and mixed pair batches)
 
 
-def _mixed_pair_loss(model, batch, task_names, rngs):
-  """Mixed-task pair batches (BCE heads only): each row is scored by the head of its own task."""
-  kw = dict(deterministic=False, rngs=rngs)
-  left = model.tower(batch["left_ids"], batch["left_mask"], **kw)
-  right = model.tower(batch["right_ids"], batch["right_mask"], **kw)
-  logits = jnp.stack([model.heads[t].logits(left, right) for t in task_names])
-  logits = jnp.take_along_axis(logits, batch["task_id"][None], axis=0)[0]
-  loss = optax.losses.sigmoid_binary_cross_entropy(logits, batch["label"]).mean()
-  return loss, {"pair_accuracy": jnp.mean((logits > 0) == (batch["label"] > 0.5))}
+def step_key(batch: dict) -> str:
+  """Which compiled step a host batch goes to: the shared pair step, or its classification task's own."""
+  return PAIRS if "left_ids" in batch else batch["task"]
 
 
-def model_loss(graphdef, params, batch, *, task: str, task_names, rngs):
+def with_task_ids(batch: dict, pair_tasks: list[str]) -> dict:
+  """Single-task pair batches get a per-row ``task_id`` (mixed batches already have one)."""
+  if "left_ids" in batch and "task_id" not in batch:
+    rows = batch["left_ids"].shape[0]
+    batch = dict(batch, task_id=np.full((rows,), pair_tasks.index(batch["task"]), np.int32))
+  return batch
+
+
+def model_loss(graphdef, params, batch, *, key: str, pair_tasks: list[str], loss_weights: dict[str, float],
+               rngs) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+  """(objective, (loss, accuracy)): the objective carries the per-task loss weights, the loss does not."""
   model = nnx.merge(graphdef, params)
-  if task == MIXED:
-    return _mixed_pair_loss(model, batch, task_names, rngs)
-  return heads_lib.task_loss(model.tower, model.heads[task], batch, rngs=rngs)
+  if key == PAIRS:
+    loss, weight, correct = heads_lib.pair_loss(model.tower, model.heads, pair_tasks, batch, rngs=rngs)
+    scale = jnp.asarray([loss_weights.get(t, 1.0) for t in pair_tasks], jnp.float32)[batch["task_id"]]
+    total = jnp.maximum(jnp.sum(weight), 1e-9)
+    return (jnp.sum(loss * weight * scale) / total,
+            (jnp.sum(loss * weight) / total, jnp.sum(correct * weight) / total))
+  loss, accuracy = heads_lib.classification_loss(model.tower, model.heads[key], batch, rngs=rngs)
+  return loss * loss_weights.get(key, 1.0), (loss, accuracy)
 
 
-def make_train_step(graphdef, tx: optax.GradientTransformation, *, task: str, task_names: list[str],
-                    loss_weight: float, seed: int, state_shardings, batch_sharding) -> Callable:
+def make_train_step(graphdef, tx: optax.GradientTransformation, *, key: str, pair_tasks: list[str],
+                    loss_weights: dict[str, float], seed: int, state_shardings, batch_sharding) -> Callable:
   """(state, batch) -> (state, metrics). Dropout keys derive from (seed, step), so a resumed run draws the same
   masks as an uninterrupted one."""
 
-  def loss_fn(params, batch, step):
-    rngs = nnx.Rngs(dropout=jax.random.fold_in(jax.random.key(seed), step))
-    loss, metrics = model_loss(graphdef, params, batch, task=task, task_names=task_names, rngs=rngs)
-    return loss * loss_weight, (loss, metrics)
-
   def step_fn(state, batch):
-    grads, (loss, metrics) = jax.grad(loss_fn, has_aux=True)(state["params"], batch, state["step"])
+    dropout_key = jax.random.fold_in(jax.random.key(seed), state["step"])
+    loss_fn = lambda p: model_loss(graphdef, p, batch, key=key, pair_tasks=pair_tasks,
+                                   loss_weights=loss_weights, rngs=nnx.Rngs(dropout=dropout_key))
+    grads, (loss, accuracy) = jax.grad(loss_fn, has_aux=True)(state["params"])
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads))
+    metrics = {"loss": loss, "accuracy": accuracy, "grad_norm": optax.global_norm(grads)}
     return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
   return jax.jit(step_fn, in_shardings=(state_shardings, batch_sharding), out_shardings=(state_shardings, None),

@@ -12,9 +12,11 @@ from pathlib import Path
 from absl import app, logging
 from ml_collections import config_flags
 
+from postembed_jax import config_overrides
 from postembed_jax.ablation.report import write_report
 from postembed_jax.ablation.runner import plan_runs, run_ablation
 
+config_overrides.exit_on_unknown_override(default="configs/ablation.py")
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/ablation.py", "Ablation config.")
 
 
@@ -25,7 +27,7 @@ def main(argv):
   start = time.perf_counter()
   results = run_ablation(config)
   summary = write_report(results, Path(config.workdir), metric=config.metric,
-                         tasks=sorted(set(plan_runs(config)[0].tasks), key=config.tasks.index),
+                         tasks=list(plan_runs(config)[0].tasks),  # the MTL run's, in config order
                          command="python " + " ".join(map(shlex.quote, sys.argv)))
   print(f"Ablation finished in {time.perf_counter() - start:.0f} s (this invocation): {summary}. "
         f"Report: {Path(config.workdir) / 'report.md'}")

@@ -84,3 +84,12 @@ def test_unknown_evaluator_fails_before_any_training(tmp_path, fake_training):
   with pytest.raises(ValueError, match="valid evaluators"):
     runner.run_ablation(_config(tmp_path, evaluators="pair_acu"))
   assert fake_training == []
+
+
+def test_launcher_rejects_a_mistyped_field_before_any_work(tmp_path):
+  import subprocess
+  result = subprocess.run([sys.executable, "launch/ablate.py", "--config", "configs/ablation.py:quick",
+                           "--config.seed=1", f"--config.workdir={tmp_path}"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
+  assert result.returncode == 1 and "config has no field 'seed'" in result.stderr and "seeds" in result.stderr
+  assert list(tmp_path.iterdir()) == []

@@ -34,11 +34,21 @@ def tfds_dir(tmp_path_factory) -> Path:
   return tmp_path_factory.mktemp("tfds")
 
 
+# Two tasks and one bucket length keep the number of compiled steps (and so the test time) small.
+FAST = ("--config.data.tasks=search,storyline", "--config.data.bucket_lengths=(32,)")
+
+
+def check_ok(result):
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  return result
+
+
 @pytest.fixture(scope="session")
 def train_cmd(tiny_model_dir, tfds_dir):
-  """Returns run(workdir, *overrides, devices=1, wait=True) -> CompletedProcess (or Popen if wait=False)."""
+  """Returns run(workdir, *overrides, devices=1, wait=True, log=None) -> CompletedProcess (or Popen if
+  wait=False; its output goes to the file `log` when given, else to a pipe)."""
 
-  def run(workdir, *overrides, devices=1, wait=True, config="configs/mtl.py:quick"):
+  def run(workdir, *overrides, devices=1, wait=True, config="configs/mtl.py:quick", log=None):
     cmd = [sys.executable, "launch/train.py", f"--config={config}", f"--workdir={workdir}",
            f"--config.model={tiny_model_dir}", f"--config.data.index_dir={FIXTURE}",
            f"--config.data.data_dir={tfds_dir}", "--config.total_steps=20", "--config.data.batch_size=8",
@@ -47,12 +57,25 @@ def train_cmd(tiny_model_dir, tfds_dir):
            "--config.embed_dim=16", *overrides]
     env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
                PYTHONUNBUFFERED="1")
+    if not wait and log:  # a file: processes that wait for each other never block on a full pipe
+      with open(log, "w") as out:
+        return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)
     if not wait:
       return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     return result
 
   return run
+
+
+@pytest.fixture(scope="session")
+def baseline(train_cmd, tmp_path_factory):
+  """20 uninterrupted steps on one device: the reference every other run is compared with."""
+  workdir = tmp_path_factory.mktemp("baseline")
+  check_ok(train_cmd(workdir, *FAST))
+  losses = step_losses(workdir)
+  assert sorted(losses) == list(range(1, 21))
+  return workdir, losses
 
 
 def step_losses(workdir) -> dict[int, float]:

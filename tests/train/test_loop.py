@@ -9,25 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import step_losses
-
-# Two tasks and one bucket length keep the number of compiled steps (and so the test time) small.
-FAST = ("--config.data.tasks=search,storyline", "--config.data.bucket_lengths=(32,)")
-
-
-def _ok(result):
-  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-  return result
-
-
-@pytest.fixture(scope="module")
-def baseline(train_cmd, tmp_path_factory):
-  """20 uninterrupted steps on one device: the reference every other run is compared with."""
-  workdir = tmp_path_factory.mktemp("baseline")
-  _ok(train_cmd(workdir, *FAST))
-  losses = step_losses(workdir)
-  assert sorted(losses) == list(range(1, 21))
-  return workdir, losses
+from conftest import FAST, step_losses
+from conftest import check_ok as _ok  # `baseline` (20 one-device steps) is a session fixture in conftest.py
 
 
 def _assert_same_losses(losses, reference, rtol):

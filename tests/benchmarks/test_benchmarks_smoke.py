@@ -1,0 +1,122 @@
+"""Smoke tests of benchmarks/train_throughput.py and benchmarks/gpu_mfu.py at toy sizes: a tiny BERT (with
+all-MiniLM-L6-v2's tokenizer) on the Debian fixture, a few steps, sane numbers, and the FLOP formula by hand."""
+
+import shutil
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+FIXTURE = REPO / "tests" / "fixtures" / "debian"
+sys.path.insert(0, str(REPO))  # the benchmarks package lives at the repository root
+
+from benchmarks import common, gpu_mfu, train_throughput  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_model_dir(tmp_path_factory) -> Path:
+  import torch
+  from transformers import BertConfig, BertModel
+  from postembed_jax.models import hf_io
+  path = tmp_path_factory.mktemp("tiny_bert")
+  minilm = hf_io.resolve_model_dir("all-MiniLM-L6-v2")
+  torch.manual_seed(0)
+  BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    shutil.copy(minilm / name, path / name)
+  return path
+
+
+def test_train_throughput_tiny(tiny_model_dir, tmp_path, monkeypatch):
+  config = train_throughput.load_config("configs/mtl.py")
+  config.model = str(tiny_model_dir)
+  config.embed_dim = 16
+  config.data.index_dir = str(FIXTURE)
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.tasks = "search,storyline"
+  config.data.batch_size = 4
+  config.data.max_length = 32
+  config.data.bucket_lengths = (32,)  # one compiled shape
+  result = train_throughput.run_benchmark(config, rounds=2, steps=2, control=1, torch_threads=1, log=lambda _: None)
+
+  ours, torch_ = result["postembed_jax"], result["torch"]
+  for side in (ours, torch_):
+    assert side["steps"] == 4 and side["pairs"] == 16
+    assert side["pairs_per_s"] > 0 and side["compute_ms_per_step"] > 0
+    assert 0 <= side["padding_fraction"] < 1
+    assert 0 < side["mean_real_length"] <= side["mean_padded_length"] <= 32
+  # Same pairs on both sides: the same real tokens, only the padding differs.
+  assert ours["real_tokens"] == torch_["real_tokens"]
+  assert ours["mean_padded_length"] == 32  # the single bucket
+  assert result["speedup"] == pytest.approx(ours["pairs_per_s"] / torch_["pairs_per_s"])
+  assert len(result["speedup_per_round"]) == 2
+  assert result["warmup"]["jax_compiled_shapes"] >= 1 and result["warmup"]["jax_compile_s"] >= 0
+  assert result["control_same_batches"]["steps"] == 2 and result["control_same_batches"]["kernel_speedup"] > 0
+
+  monkeypatch.setattr(common, "RESULTS", tmp_path / "results")
+  result["command"] = "test"
+  train_throughput.write(result)
+  md = (tmp_path / "results" / "train_throughput.md").read_text()
+  assert "## Profile" in md and "pairs/s" in md
+
+
+def test_batch_pairs_recover_the_pipeline_texts(tiny_model_dir, tmp_path):
+  """The raw texts read off the pipeline's batch plan tokenise to exactly the ids of its batches."""
+  from postembed_jax.data import pipeline
+  from postembed_jax.models import hf_io
+  config = train_throughput.load_config("configs/mtl.py")
+  config.data.index_dir = str(FIXTURE)
+  config.data.data_dir = str(tmp_path / "tfds")
+  config.data.batch_size = 4
+  tokenizer = hf_io.load_tokenizer(tiny_model_dir)
+  it = pipeline.make_train_iterator(config.data, tokenizer, seed=0)
+  state = it.get_state()
+  batches = [next(it) for _ in range(12)]
+  pairs = train_throughput.batch_pairs(it, state, 12)
+  train_throughput.check_pairs(pairs, batches, tokenizer, config.data.max_length)
+  assert {p["task"] for p in pairs} == {b["task"] for b in batches}
+  pairs[0]["left"][0] = "a different text altogether"
+  with pytest.raises(AssertionError):
+    train_throughput.check_pairs(pairs, batches, tokenizer, config.data.max_length)
+
+
+def test_flop_count_by_hand():
+  cfg = types.SimpleNamespace(hidden_size=8, intermediate_size=16, num_layers=2)
+  # N = 2 layers * (4 * 8^2 + 2 * 8 * 16) = 1024; per token 6 * 1024 + 12 * 2 * 8 * 4 = 6912;
+  # 2 rows x 4 tokens x 2 tower passes = 16 tokens.
+  assert gpu_mfu.matmul_params(cfg) == 1024
+  assert gpu_mfu.train_step_flops(cfg, 2, [4, 4]) == 16 * 6912
+  bert = types.SimpleNamespace(hidden_size=768, intermediate_size=3072, num_layers=12)
+  assert gpu_mfu.matmul_params(bert) == 84_934_656  # BERT-base without embeddings, biases and norms
+
+
+def test_peak_by_device_kind():
+  assert gpu_mfu.peak_tflops("NVIDIA H100 80GB HBM3") == 989.0
+  assert gpu_mfu.peak_tflops("NVIDIA H100 PCIe") == 756.0
+  assert gpu_mfu.peak_tflops("NVIDIA H200") == 989.0
+  assert gpu_mfu.peak_tflops("NVIDIA A100-SXM4-80GB") == 312.0
+  assert gpu_mfu.peak_tflops("cpu") is None
+
+
+def test_optimizer_defaults_match_training_config():
+  from postembed_jax.train import config as train_config
+  c = train_config.training_config("search")
+  assert {k: c.optim[k] for k in gpu_mfu.OPTIM_DEFAULTS} == gpu_mfu.OPTIM_DEFAULTS
+  assert c.total_steps == gpu_mfu.TOTAL_STEPS_DEFAULT
+
+
+def test_gpu_mfu_runs_tiny_on_cpu(tmp_path, monkeypatch):
+  monkeypatch.setattr(common, "RESULTS", tmp_path)
+  result = gpu_mfu.main(["--layers=1", "--hidden=16", "--heads=2", "--mlp=32", "--vocab=2000", "--seq_lens=16",
+                         "--batch_sizes=2", "--steps=2", "--warmup=0", "--peak_tflops=1"])
+  (row,) = result["rows"]
+  cfg = types.SimpleNamespace(hidden_size=16, intermediate_size=32, num_layers=1)
+  assert row["tokens_per_step"] == 2 * 2 * 16
+  assert row["flops_per_step"] == gpu_mfu.train_step_flops(cfg, 2, [16, 16])
+  assert row["tokens_per_s"] > 0 and row["achieved_tflops"] > 0 and np.isfinite(row["loss"])
+  assert 0 < row["mfu"] < 1 and row["mfu"] == pytest.approx(row["achieved_tflops"] / 1.0)
+  assert "MFU" in (tmp_path / "gpu_mfu.md").read_text()

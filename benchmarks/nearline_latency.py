@@ -14,6 +14,7 @@ against exact search, with queries the service never saw.
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import os
 import platform
@@ -34,11 +35,20 @@ RESULTS = REPO / "benchmarks" / "results"
 TARGET_P99_S = 1.0
 
 
-def load_texts(split: str, seed: int) -> list[str]:
+def load_texts(split: str, seed: int, max_chars: int) -> list[str]:
+  """Distinct Debian descriptions in random order, without the few longer than the service accepts."""
   from postembed_jax.data import debian
   from postembed_jax.serving.members import debian_posts
   texts, _ = debian_posts(debian.load_records(split))
-  return [texts[i] for i in np.random.default_rng(seed).permutation(len(texts))]
+  return [texts[i] for i in np.random.default_rng(seed).permutation(len(texts)) if len(texts[i]) <= max_chars]
+
+
+def service_config():
+  """configs/serve.py's defaults, which the benchmarked service runs with (plus the flags it is given)."""
+  spec = importlib.util.spec_from_file_location("serve_config", REPO / "configs" / "serve.py")
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config()
 
 
 class Service:
@@ -84,7 +94,7 @@ async def run_phase(url: str, texts: list[str], first_id: int, rate: float, dura
   """Open-loop arrivals at ``rate`` posts/s; per post: send time, answer, ack time. Samples queue depth too."""
   n = int(rate * duration_s)
   sends, acks, codes = np.zeros(n), np.zeros(n), np.zeros(n, int)
-  depths = []
+  depths, failures = [], []
   limits = httpx.Limits(max_connections=256, max_keepalive_connections=256)
   async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
 
@@ -93,8 +103,11 @@ async def run_phase(url: str, texts: list[str], first_id: int, rate: float, dura
       try:
         r = await client.post("/posts", json=dict(id=f"b{first_id + i}", text=texts[i]))
         codes[i] = r.status_code
-      except httpx.HTTPError:
+        if r.status_code not in (202, 429):
+          failures.append(f"{r.status_code}: {r.text[:200]}")
+      except httpx.HTTPError as e:
         codes[i] = -1
+        failures.append(f"{type(e).__name__}: {e}")
       acks[i] = time.time()
 
     async def sample_depth(stop):
@@ -117,7 +130,7 @@ async def run_phase(url: str, texts: list[str], first_id: int, rate: float, dura
     await sampler
   ids = [f"b{first_id + i}" for i in range(n)]
   return dict(ids=ids, sends=sends, acks=acks, codes=codes, max_queue_depth=max(depths, default=0),
-              achieved_rate=n / send_span)
+              achieved_rate=n / send_span, failures=failures)
 
 
 def wait_drained(client: httpx.Client, timeout_s: float = 600) -> float:
@@ -140,7 +153,7 @@ def summarize(client: httpx.Client, phase: dict, rate: float) -> dict:
       rate=rate, achieved_rate=round(phase["achieved_rate"], 2), posts=len(phase["codes"]), accepted=len(accepted),
       rejected_429=int(np.sum(phase["codes"] == 429)), errors=int(np.sum((phase["codes"] != 202) &
                                                                         (phase["codes"] != 429))),
-      max_queue_depth=phase["max_queue_depth"],
+      max_queue_depth=phase["max_queue_depth"], failures=phase["failures"][:5],
       searchable_s=dict(p50=pct(latency, 50), p90=pct(latency, 90), p99=pct(latency, 99),
                         max=pct(latency, 100), mean=round(float(latency.mean()), 4) if len(latency) else None),
       ack_s=dict(p50=pct(ack, 50), p99=pct(ack, 99), max=pct(ack, 100)))
@@ -177,7 +190,8 @@ def markdown(report: dict) -> str:
       "# Near-line latency benchmark", "",
       f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
       f"Machine: {report['machine_before']['cpu']}, {report['machine_before']['cores']} cores; load average "
-      f"before {report['machine_before']['load_average_1_5_15']}, after {report['machine_after']['load_average_1_5_15']} "
+      f"before {report['machine_before']['load_average_1_5_15']}, "
+      f"after {report['machine_after']['load_average_1_5_15']} "
       "(other jobs shared the machine when the load is above ~2)  ",
       f"Service: model `{report['model']}`, flags `{' '.join(report['service_flags']) or '(defaults)'}`, "
       f"startup incl. warm-up {report['service_startup_s']:.0f} s", "",
@@ -219,7 +233,7 @@ def main():
   args = parser.parse_args()
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the service (finally) when terminated
 
-  texts = load_texts(args.split, seed=0)
+  texts = load_texts(args.split, seed=0, max_chars=service_config().max_text_chars)
   queries, texts = texts[:args.recall_queries], texts[args.recall_queries:]
   flags = [f"--config.model={args.model}", f"--config.max_queue={args.max_queue}",
            "--config.compilation_cache_dir=workdirs/jax_cache", *args.service_flag]

@@ -45,7 +45,7 @@ class Nearline:
   def __init__(self, config, embedder: Embedder | None = None):
     self.config = config
     self.embedder = embedder or Embedder.from_pretrained(
-        config.model, max_length=config.max_length, batch_size=config.max_batch, dtype=jnp.dtype(config.dtype))
+        config.model, max_length=config.max_length, batch_size=config.embed_batch_size, dtype=jnp.dtype(config.dtype))
     self.store = PostStore(config.db_path, sync=config.sync)
     try:
       self.store.bind_model(self.embedder.name, self.embedder.dim)

@@ -1,7 +1,7 @@
 """Training pairs/s of the library's training step against the PyTorch fine-tuning loop a user would write, on the
 same real Debian pairs, in one run.
 
-  python -m benchmarks.train_throughput [--rounds 3] [--steps 5] [--control 1] [--config configs/mtl.py]
+  python -m benchmarks.train_throughput [--rounds 3] [--steps 4] [--control 1] [--config configs/mtl.py]
 
 Ours: the per-task jitted steps of postembed_jax.train.step, built with the same calls as
 postembed_jax.train.loop.train_and_evaluate (pretrained all-MiniLM-L6-v2 -> 50-d, AdamW with warm-up, clipping,
@@ -72,7 +72,10 @@ class OursTrainer:
     from postembed_jax.train import state as state_lib
     from postembed_jax.train import step as step_lib
 
+    from postembed_jax import compilation_cache
+
     self.config, self._jax, self._step_lib = config, jax, step_lib
+    compilation_cache.enable(config.get("compilation_cache_dir"))  # as the loop does (on by default)
     mesh = sharding.make_mesh(config.mesh)
     rules = tuple(tuple(r) for r in config.sharding_rules)
     self.model_dir = hf_io.resolve_model_dir(config.model)
@@ -250,7 +253,7 @@ class TorchTrainer:
 
 
 def calibrate_threads(reference: TorchTrainer, pair: dict[str, Any], candidates: list[int], *,
-                      warmup: int = 1, repeats: int = 2) -> dict[int, float]:
+                      warmup: int = 1, repeats: int = 1) -> dict[int, float]:
   """Median step seconds of torch at each thread count, on one real batch (after ``warmup`` steps each).
 
   On a CPU shared with other jobs, OpenMP's barriers make torch's 2-thread steps several times slower than its
@@ -274,6 +277,13 @@ def calibrate_threads(reference: TorchTrainer, pair: dict[str, Any], candidates:
 # ------------------------------------------------------------------------------------------------------------
 # The benchmark.
 # ------------------------------------------------------------------------------------------------------------
+
+def _cache_entries(cache_dir) -> int:
+  """Executables in JAX's persistent cache (a warm-up that writes one per shape compiled them all cold)."""
+  if not cache_dir or not Path(cache_dir).is_dir():
+    return 0
+  return sum(1 for p in Path(cache_dir).iterdir() if not p.name.endswith("-atime"))
+
 
 @dataclasses.dataclass
 class StepLog:
@@ -349,6 +359,8 @@ def run_benchmark(config, *, rounds: int, steps: int, control: int = 1, torch_th
       f"-> {1e3 * tokenise_share_s:.1f} ms charged per step")
 
   # Warm-up: compile every (task, shapes) the timed steps use; torch runs a few steps on pairs of the same pool.
+  cache_dir = jax.config.jax_compilation_cache_dir
+  cache_before = _cache_entries(cache_dir)
   shapes: dict[tuple, float] = {}
   for b in batches:
     key = ours.compile_key(b)
@@ -357,6 +369,7 @@ def run_benchmark(config, *, rounds: int, steps: int, control: int = 1, torch_th
       ours.train_step(b)
       shapes[key] = time.perf_counter() - t0
       log(f"  compiled {key[0]} {b['left_ids'].shape}+{b['right_ids'].shape} in {shapes[key]:.1f} s")
+  cache_added = _cache_entries(cache_dir) - cache_before if cache_dir else None
   t0 = time.perf_counter()
   thread_step_s = calibrate_threads(reference, pairs[0], [torch_threads] if torch_threads else
                                     sorted({1, reference.default_threads}), warmup=torch_warmup)
@@ -426,8 +439,9 @@ def run_benchmark(config, *, rounds: int, steps: int, control: int = 1, torch_th
       "speedup_per_round": round_ratios,
       "target": TARGET,
       "warmup": {"jax_compile_s": compile_s, "jax_first_calls_s": sum(shapes.values()),
-                 "jax_compiled_shapes": len(shapes), "torch_warmup_s": torch_warmup_s,
-                 "torch_warmup_steps": len(thread_step_s) * (torch_warmup + 2),
+                 "jax_compiled_shapes": len(shapes), "jax_compilation_cache_dir": cache_dir,
+                 "jax_cache_entries_written": cache_added, "torch_warmup_s": torch_warmup_s,
+                 "torch_warmup_steps": len(thread_step_s) * (torch_warmup + 1),
                  "torch_step_s_by_threads": {str(k): v for k, v in thread_step_s.items()}},
       "startup": {"pipeline_iterator_s": ours.iterator_start_s, "jax_model_s": ours.model_start_s,
                   "torch_model_s": reference.load_s},
@@ -501,7 +515,7 @@ def main(argv=None):
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--config", default="configs/mtl.py", help="training config (its tasks and optimizer)")
   parser.add_argument("--rounds", type=int, default=3)
-  parser.add_argument("--steps", type=int, default=5, help="steps of each side per round")
+  parser.add_argument("--steps", type=int, default=4, help="steps of each side per round")
   parser.add_argument("--control", type=int, default=1,
                       help="per round, torch steps on our very batches (kernel-speed control); 0: none")
   parser.add_argument("--batch_size", type=int, default=32)
@@ -509,13 +523,13 @@ def main(argv=None):
   parser.add_argument("--torch_threads", type=int, default=0,
                       help="0: the faster of 1 and torch's default, measured at the start")
   parser.add_argument("--compilation_cache_dir", default=None,
-                      help="JAX persistent compilation cache (default off: compile times are cold)")
+                      help="JAX's persistent compilation cache; default: the training config's (as a training run "
+                           "uses it); '' turns it off, so that every compile is cold")
   args = parser.parse_args(argv)
 
-  import jax
-  if args.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", args.compilation_cache_dir)
   config = load_config(args.config)
+  if args.compilation_cache_dir is not None:
+    config.compilation_cache_dir = args.compilation_cache_dir
   config.data.batch_size = args.batch_size
   config.data.max_length = args.max_length
   start = time.perf_counter()
@@ -541,7 +555,9 @@ def write(result: dict[str, Any], name: str = "train_throughput") -> None:
       ("step ms ours: data + compute", f"{o['data_ms_per_step']:.0f} + {o['compute_ms_per_step']:.0f}"),
       ("step ms torch: data + compute", f"{t['data_ms_per_step']:.0f} + {t['compute_ms_per_step']:.0f}"),
       ("JAX compile (excluded)", f"{w['jax_compile_s']:.1f} s for {w['jax_compiled_shapes']} shapes "
-                                 f"(first calls {w['jax_first_calls_s']:.1f} s)"),
+                                 f"(first calls {w['jax_first_calls_s']:.1f} s); persistent cache "
+                                 f"{w['jax_compilation_cache_dir'] or 'off'}, "
+                                 f"{w['jax_cache_entries_written']} new entries"),
       ("torch warm-up + thread choice (excluded)",
        f"{w['torch_warmup_s']:.1f} s for {w['torch_warmup_steps']} steps; step s by threads "
        f"{ {int(k): round(v, 2) for k, v in w['torch_step_s_by_threads'].items()} }"),

@@ -70,11 +70,13 @@ class CachedEmbedder:
 
 
 def _point_and_interval(out: dict[str, float], key: str, statistic: Callable[..., float], *arrays: np.ndarray,
-                        settings: EvalSettings, ci: bool, strata: np.ndarray | None = None) -> None:
+                        settings: EvalSettings, ci: bool, strata: np.ndarray | None = None,
+                        bayesian: bool = False) -> None:
   out[key] = statistic(*arrays)
   if ci:
     out[f"{key}/ci95_low"], out[f"{key}/ci95_high"] = bootstrap_ci(
-        statistic, *arrays, n_resamples=settings.bootstrap_resamples, seed=settings.seed, strata=strata)
+        statistic, *arrays, n_resamples=settings.bootstrap_resamples, seed=settings.seed, strata=strata,
+        bayesian=bayesian)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -134,7 +136,7 @@ def score_labels(embedder: TextEmbedder, train: examples.Labelled, test: example
       _point_and_interval(out, f"{probe}_accuracy", metrics.accuracy, test_y, predicted, settings=settings, ci=ci)
       _point_and_interval(out, f"{probe}_macro_f1", metrics.macro_f1, test_y, predicted, settings=settings, ci=ci)
     _point_and_interval(out, f"{probe}_map", metrics.mean_average_precision, truth, fitted.scores(test_x),
-                        settings=settings, ci=ci)
+                        settings=settings, ci=ci, bayesian=True)
   return out
 
 

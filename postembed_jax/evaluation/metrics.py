@@ -39,32 +39,36 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
   return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
-def average_precision_per_label(y_true: np.ndarray, scores: np.ndarray) -> np.ndarray:
-  """Per column of [N, L] arrays, scikit-learn's average precision (step-wise, tied scores one threshold), computed
-  for all columns at once: the bootstrap of mAP over hundreds of debtags calls this a thousand times, where
-  ``average_precision_score`` column by column took minutes. Equality with scikit-learn is tested. nan where a
-  column has no positive."""
+def average_precision_per_label(y_true: np.ndarray, scores: np.ndarray,
+                                weights: np.ndarray | None = None) -> np.ndarray:
+  """Per column of [N, L] arrays, scikit-learn's average precision (step-wise, tied scores one threshold, optional
+  row weights as its ``sample_weight``), computed for all columns at once: the bootstrap of mAP over hundreds of
+  debtags calls this a thousand times, where ``average_precision_score`` column by column took minutes. Equality
+  with scikit-learn is tested. nan where a column has no positive."""
   order = np.argsort(-scores, axis=0, kind="stable")
   sorted_scores = np.take_along_axis(scores, order, axis=0)
-  hits = np.take_along_axis(np.asarray(y_true) > 0, order, axis=0).astype(np.float64)
+  row_weights = np.ones(len(scores)) if weights is None else np.asarray(weights, np.float64)
+  sorted_weights = row_weights[order]
+  hits = np.take_along_axis(np.asarray(y_true) > 0, order, axis=0) * sorted_weights
   true_positives = np.cumsum(hits, axis=0)
-  precision = true_positives / np.arange(1, len(hits) + 1)[:, None]
+  with np.errstate(invalid="ignore", divide="ignore"):
+    precision = true_positives / np.cumsum(sorted_weights, axis=0)
   threshold_end = np.ones(sorted_scores.shape, bool)  # last row of each group of tied scores
   threshold_end[:-1] = sorted_scores[:-1] != sorted_scores[1:]
   at_thresholds = np.where(threshold_end, true_positives, 0.0)
   previous = np.zeros_like(true_positives)
   previous[1:] = np.maximum.accumulate(at_thresholds, axis=0)[:-1]
-  gained = np.where(threshold_end, (true_positives - previous) * precision, 0.0).sum(axis=0)
+  gained = np.where(threshold_end & (true_positives > previous), (true_positives - previous) * precision, 0.0)
   with np.errstate(invalid="ignore", divide="ignore"):
-    return gained / true_positives[-1]
+    return gained.sum(axis=0) / true_positives[-1]
 
 
-def mean_average_precision(y_true: np.ndarray, scores: np.ndarray) -> float:
+def mean_average_precision(y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None) -> float:
   """mAP over labels (columns of a [N, L] indicator matrix) that have at least one positive."""
   has_positive = np.asarray(y_true).any(axis=0)
   if not has_positive.any():
     raise ValueError("mean_average_precision needs at least one positive label.")
-  return float(np.mean(average_precision_per_label(y_true[:, has_positive], scores[:, has_positive])))
+  return float(np.mean(average_precision_per_label(y_true[:, has_positive], scores[:, has_positive], weights)))
 
 
 def relevant_ranks(relevance: np.ndarray, scores: np.ndarray) -> list[np.ndarray]:

@@ -42,3 +42,19 @@ def test_deterministic_for_a_seed_and_rejects_ragged_arrays():
   assert first == bootstrap_ci(metrics.pair_auc, labels, scores, n_resamples=50, seed=3, strata=labels)
   with pytest.raises(ValueError, match="differ in length"):
     bootstrap_ci(metrics.pair_auc, labels, scores[:-1])
+
+
+def test_bayesian_bootstrap_keeps_map_with_rare_labels_unbiased():
+  # 100 rare labels with one positive each and no signal (low AP), 100 common ones with a strong signal (high AP).
+  # Row resampling drops a rare label's only positive from ~37% of replicates, so replicates average over easier
+  # labels and the whole interval lies above the estimate; Dirichlet weights keep every row and every label.
+  rng = np.random.default_rng(0)
+  truth = np.zeros((400, 200), int)
+  for j in range(200):
+    truth[rng.choice(400, size=1 if j < 100 else 20, replace=False), j] = 1
+  scores = rng.random((400, 200)) + np.where(np.arange(200) < 100, 0.0, 1.0) * truth
+  point = metrics.mean_average_precision(truth, scores)
+  low, high = bootstrap_ci(metrics.mean_average_precision, truth, scores, n_resamples=100, bayesian=True)
+  assert low < point < high
+  resampled_low, _ = bootstrap_ci(metrics.mean_average_precision, truth, scores, n_resamples=100)
+  assert resampled_low > point + 0.05

@@ -63,3 +63,14 @@ def test_average_precision_per_label_equals_scikit_learn_with_ties():
   got = metrics.average_precision_per_label(truth, scores)
   np.testing.assert_allclose(got[truth.any(axis=0)], expected, rtol=1e-12)
   assert metrics.mean_average_precision(truth, scores) == pytest.approx(np.mean(expected))
+
+
+def test_weighted_average_precision_equals_scikit_learn_sample_weight():
+  from sklearn.metrics import average_precision_score
+  rng = np.random.default_rng(1)
+  truth = (rng.random((200, 10)) < 0.2).astype(int)
+  scores = np.round(rng.random((200, 10)) + 0.3 * truth, 1)
+  weights = rng.dirichlet(np.ones(200)) * 200
+  got = metrics.average_precision_per_label(truth, scores, weights)
+  expected = [average_precision_score(truth[:, j], scores[:, j], sample_weight=weights) for j in range(10)]
+  np.testing.assert_allclose(got, expected, rtol=1e-10)

@@ -152,3 +152,16 @@ def test_restart_keeps_posts_and_index(serve_config, default_embedder, debian_po
   with TestClient(create_app(config, embedder=default_embedder)) as client:
     assert client.get("/health").json() | dict(indexed=5, with_embedding=5) == client.get("/health").json()
     assert client.post("/search", json=dict(text=debian_posts[0][2], k=1)).json()["results"][0]["id"] == "r2"
+
+
+def test_serves_an_exported_model(tmp_path, serve_config, debian_posts):
+  """The service loads our export format (here: the base model plus a fresh 64-d projection) from config.model."""
+  from postembed_jax.models import hf_io
+  model, tokenizer, settings = hf_io.load_pretrained("all-MiniLM-L6-v2", embed_dim=64)
+  export = hf_io.export_model(model, tokenizer, settings, tmp_path / "export")
+  with TestClient(create_app(serve_config(model=str(export)))) as client:
+    assert client.get("/health").json()["dim"] == 64
+    client.post("/posts/batch", json=dict(posts=[dict(id=f"e{i}", text=t) for i, t in enumerate(debian_posts[0][:3])]))
+    _wait_embedded(client, ["e0", "e1", "e2"])
+    assert len(client.get("/posts/e1").json()["embedding"]) == 64
+    assert client.post("/search", json=dict(text=debian_posts[0][1], k=1)).json()["results"][0]["id"] == "e1"

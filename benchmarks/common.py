@@ -1,0 +1,45 @@
+"""Shared benchmark plumbing: real Debian texts, interleaved timing (fair on a noisy shared machine), results."""
+
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def debian_descriptions(n: int, split: str = "train", seed: int = 0) -> list[str]:
+  """``n`` distinct English long descriptions from the Debian corpus (built on first use), in a seeded order."""
+  from postembed_jax.data import debian
+  texts = sorted({r["description"] for r in debian.load_records(split) if r["description"].strip()})
+  order = np.random.default_rng(seed).permutation(len(texts))[:n]
+  return [texts[i] for i in order]
+
+
+def interleaved_timings(first, second, repeats: int) -> tuple[list[float], list[float]]:
+  """Runs first/second alternately so that machine load hits both alike; returns wall times in seconds."""
+  a, b = [], []
+  for _ in range(repeats):
+    for fn, out in ((first, a), (second, b)):
+      start = time.perf_counter()
+      fn()
+      out.append(time.perf_counter() - start)
+  return a, b
+
+
+def machine() -> dict:
+  import jax
+  return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+          "cpus": os.cpu_count(), "jax_backend": jax.default_backend(), "jax": jax.__version__}
+
+
+def write_result(name: str, result: dict, rows: list[tuple[str, str]]) -> None:
+  RESULTS.mkdir(exist_ok=True)
+  (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))
+  lines = [f"# {name}", "", f"Command: `{result['command']}`", "", "| measure | value |", "|---|---|"]
+  lines += [f"| {k} | {v} |" for k, v in rows]
+  (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+  print("\n".join(lines))

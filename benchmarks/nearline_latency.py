@@ -8,8 +8,8 @@ index add) minus the client's send time; both clocks are this machine's. Then a 
 service answers 429 or p99 exceeds the target. Finally the saved index is reloaded and its HNSW recall@10 measured
 against exact search, with queries the service never saw.
 
-  python benchmarks/nearline_latency.py                       # ~10 min on 2 cores; writes benchmarks/results/
-  python benchmarks/nearline_latency.py --model <export dir> --rate 20 --duration 60 --sweep 20,40,60,80,120,160
+  python -m benchmarks.nearline_latency                       # ~10 min on 2 cores; writes benchmarks/results/
+  python -m benchmarks.nearline_latency --model <export dir> --rate 20 --duration 60 --sweep 20,30,40,50,60
 """
 
 import argparse
@@ -17,7 +17,6 @@ import asyncio
 import importlib.util
 import json
 import os
-import platform
 import re
 import signal
 import subprocess
@@ -30,17 +29,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 
+from benchmarks import common
+
 REPO = Path(__file__).resolve().parents[1]
-RESULTS = REPO / "benchmarks" / "results"
 TARGET_P99_S = 1.0
-
-
-def load_texts(split: str, seed: int, max_chars: int) -> list[str]:
-  """Distinct Debian descriptions in random order, without the few longer than the service accepts."""
-  from postembed_jax.data import debian
-  from postembed_jax.serving.members import debian_posts
-  texts, _ = debian_posts(debian.load_records(split))
-  return [texts[i] for i in np.random.default_rng(seed).permutation(len(texts)) if len(texts[i]) <= max_chars]
 
 
 def service_config():
@@ -189,9 +181,8 @@ def index_recall(workdir: Path, model: str, max_length, queries: list[str], k: i
 
 
 def machine() -> dict:
-  cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), "?")
-  return dict(cpu=cpu, cores=os.cpu_count(), python=platform.python_version(),
-              load_average_1_5_15=[round(x, 2) for x in os.getloadavg()])
+  """common.machine() plus the load average: other jobs on a shared machine move these figures."""
+  return dict(common.machine(), load_average_1_5_15=[round(x, 2) for x in os.getloadavg()])
 
 
 def overload_line(p: dict, max_queue: int) -> str:
@@ -208,7 +199,7 @@ def markdown(report: dict) -> str:
   lines = [
       "# Near-line latency benchmark", "",
       f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
-      f"Machine: {report['machine_before']['cpu']}, {report['machine_before']['cores']} cores; load average "
+      f"Machine: {report['machine_before']['processor']}, {report['machine_before']['cpus']} cores; load average "
       f"before {report['machine_before']['load_average_1_5_15']}, "
       f"after {report['machine_after']['load_average_1_5_15']} "
       "(other jobs shared the machine when the load is above ~2)  ",
@@ -254,15 +245,16 @@ def main():
   parser.add_argument("--split", default="train")
   parser.add_argument("--recall_queries", type=int, default=300)
   parser.add_argument("--service_flag", action="append", default=[], help="extra --config.* flag for the service")
-  parser.add_argument("--out", default=str(RESULTS / "nearline_latency"))
+  parser.add_argument("--out", default=str(common.RESULTS / "nearline_latency"))
   args = parser.parse_args()
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the service (finally) when terminated
 
-  texts = load_texts(args.split, seed=0, max_chars=service_config().max_text_chars)
+  # All distinct descriptions, seeded order, without the few longer than the service accepts.
+  texts = [t for t in common.debian_descriptions(10**9, args.split) if len(t) <= service_config().max_text_chars]
   queries, texts = texts[:args.recall_queries], texts[args.recall_queries:]
   flags = [f"--config.model={args.model}", f"--config.max_queue={args.max_queue}",
            "--config.compilation_cache_dir=workdirs/jax_cache", *args.service_flag]
-  report = dict(command="python " + " ".join([os.path.relpath(sys.argv[0], REPO)] + sys.argv[1:]),
+  report = dict(command=" ".join(["python -m benchmarks.nearline_latency"] + sys.argv[1:]),
                 date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), model=args.model, service_flags=flags,
                 duration_s=args.duration, target_p99_s=TARGET_P99_S, max_queue=args.max_queue,
                 machine_before=machine())

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jax
 import ml_collections
 
 RESULT_FILE = "result.json"
@@ -75,12 +74,6 @@ def eval_data_config(config, tasks: tuple[str, ...]) -> ml_collections.ConfigDic
   return data
 
 
-def enable_compilation_cache(root: Path) -> None:
-  """Runs share jit shapes, so XLA executables cached on disk by the first run save the later ones compiling."""
-  jax.config.update("jax_compilation_cache_dir", str(root / "jax_cache"))
-  jax.config.update("jax_persistent_cache_min_compile_time_secs", 1.0)
-
-
 def execute_run(config_json: str, run: Run) -> dict:
   """Trains (or resumes) one run, scores its export on the test split, writes and returns its result."""
   from postembed_jax.evaluation import evaluators
@@ -89,7 +82,6 @@ def execute_run(config_json: str, run: Run) -> dict:
 
   config = ml_collections.ConfigDict(json.loads(config_json))
   workdir = Path(config.workdir) / run.name
-  enable_compilation_cache(Path(config.workdir))
   workdir.mkdir(parents=True, exist_ok=True)
   (workdir / OVERRIDES_FILE).write_text(json.dumps(run.overrides(), indent=2))
   start = time.perf_counter()

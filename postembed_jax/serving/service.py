@@ -240,11 +240,9 @@ def create_app(config, *, embedder: Embedder | None = None) -> FastAPI:
 def serve(config) -> None:
   """Runs the service in this process until SIGINT/SIGTERM (then the worker finishes its batch and the index is
   saved; a SIGKILL loses nothing acknowledged either, only the index's cache of the latest batches)."""
-  import jax
   import uvicorn
+  from postembed_jax import compilation_cache
   logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  if config.compilation_cache_dir:
-    jax.config.update("jax_compilation_cache_dir", config.compilation_cache_dir)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+  compilation_cache.enable(config.compilation_cache_dir)
   uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level,
               access_log=config.access_log)

@@ -1,7 +1,7 @@
 """Posts/s of the batch embedding path (launch/embed.py) against sentence-transformers' `encode`, same model,
 same maximum length, same real Debian long descriptions, in one run; checks both outputs agree.
 
-  python benchmarks/embed_throughput.py [--posts 2000] [--max_length 128] [--repeats 3]
+  python -m benchmarks.embed_throughput [--posts 2000] [--max_length 128] [--repeats 3]
 
 Writes benchmarks/results/embed_throughput.{json,md}.
 """

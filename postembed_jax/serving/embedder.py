@@ -74,6 +74,15 @@ class Embedder:
     """Swap in new weights of the same tower (e.g. mid-training validation) without recompiling."""
     self._state = state
 
+  def warm_up(self, max_rows: int | None = None) -> None:
+    """Compiles every (rows, length) shape a batch of up to ``max_rows`` texts can take, so no caller waits on
+    XLA later (the near-line worker calls this before serving)."""
+    max_rows = min(max_rows or self.batch_size, self.batch_size)
+    needed = self._batch_buckets[:bisect.bisect_left(self._batch_buckets, max_rows) + 1]
+    for length in self.buckets:
+      for rows in needed:
+        self.embed_token_ids([[self.tokenizer.pad_token_id] * length] * rows)
+
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
     return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
                           add_special_tokens=True)["input_ids"]

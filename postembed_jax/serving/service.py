@@ -31,7 +31,7 @@ from postembed_jax.serving.embedder import Embedder
 from postembed_jax.serving.index import open_index
 from postembed_jax.serving.metrics import ServiceMetrics
 from postembed_jax.serving.store import Post, PostStore, QueueFull
-from postembed_jax.serving.worker import EmbedWorker, warm_up
+from postembed_jax.serving.worker import EmbedWorker
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +51,7 @@ class Nearline:
       self.store.bind_model(self.embedder.name, self.embedder.dim)
       self.index = open_index(config.index_path, self.store, exact_below=config.exact_search_below)
       if config.warmup:
-        warm_up(self.embedder, config.max_batch)
+        self.embedder.warm_up(config.max_batch)
     except BaseException:
       self.store.close()
       raise
@@ -243,6 +243,6 @@ def serve(config) -> None:
   import uvicorn
   from postembed_jax import compilation_cache
   logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  compilation_cache.enable(config.compilation_cache_dir)
+  compilation_cache.enable(config.compilation_cache_dir, min_compile_secs=0)  # each shape compiles in ~0.5 s
   uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level,
               access_log=config.access_log)

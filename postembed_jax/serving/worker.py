@@ -23,20 +23,6 @@ _IDLE_POLL_S = 1.0  # wake-ups are signalled; this only bounds how long a missed
 _MAX_BACKOFF_S = 30.0
 
 
-def warm_up(embedder, max_batch: int) -> None:
-  """Compiles every (rows, length) shape a batch of up to ``max_batch`` posts can take, so no post waits on XLA.
-
-  Mirrors the Embedder's bucketing: rows padded to powers of two (capped at its batch_size), lengths to its buckets.
-  """
-  rows = [1]
-  while rows[-1] < min(max_batch, embedder.batch_size):
-    rows.append(min(2 * rows[-1], embedder.batch_size))
-  pad = embedder.tokenizer.pad_token_id
-  for length in embedder.buckets:
-    for n in rows:
-      embedder.embed_token_ids([[pad] * length] * n)
-
-
 class EmbedWorker:
   """Owns the embed -> store -> index path; ``embed_lock`` serialises the Embedder with query embedding."""
 

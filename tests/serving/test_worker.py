@@ -8,7 +8,7 @@ import pytest
 from postembed_jax.serving.index import PostIndex, open_index
 from postembed_jax.serving.metrics import ServiceMetrics
 from postembed_jax.serving.store import Post, PostStore
-from postembed_jax.serving.worker import EmbedWorker, warm_up
+from postembed_jax.serving.worker import EmbedWorker
 
 TEXTS = ["A photo viewer for the GNOME desktop.", "Library for reading PNG images.", "Chess engine with a GUI.",
          "Command-line audio converter.", "Spell checker dictionaries.", "Terminal emulator for X11.",
@@ -125,18 +125,6 @@ def test_stop_saves_the_index(tmp_path, service_parts, caplog):
   caplog.set_level("INFO")
   reopened = open_index(tmp_path / "posts.usearch", store)
   assert len(reopened) == 3 and "Added" not in caplog.text  # nothing to replay
-
-
-def test_warm_up_compiles_every_shape_a_batch_can_take():
-  shapes = []
-  fake = types.SimpleNamespace(buckets=(16, 32), batch_size=64, tokenizer=types.SimpleNamespace(pad_token_id=0),
-                               embed_token_ids=lambda ids: shapes.append((len(ids), len(ids[0]))))
-  warm_up(fake, max_batch=6)
-  assert shapes == [(n, length) for length in (16, 32) for n in (1, 2, 4, 8)]
-  shapes.clear()
-  fake.batch_size = 4
-  warm_up(fake, max_batch=32)
-  assert {n for n, _ in shapes} == {1, 2, 4}
 
 
 def test_index_rows_are_never_duplicated_under_repeated_edits(service_parts):

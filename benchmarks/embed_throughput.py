@@ -59,7 +59,7 @@ def main():
   max_diff = float(np.abs(mine - theirs).max())
 
   result = {
-      "command": "python benchmarks/embed_throughput.py " + " ".join(
+      "command": "python -m benchmarks.embed_throughput " + " ".join(
           f"--{k}={v}" for k, v in vars(args).items()),
       "machine": common.machine(), "torch_threads": torch.get_num_threads(),
       "posts": len(texts), "max_length": args.max_length, "batch_size": args.batch_size,

@@ -1,6 +1,7 @@
 """Shared fixtures: the default pretrained model is loaded once per session (loading + compiling dominates)."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,3 +19,19 @@ def parity_texts() -> list[str]:
 def default_embedder():
   from postembed_jax.serving.embedder import Embedder
   return Embedder.from_pretrained("all-MiniLM-L6-v2", max_length=128)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+  """A tiny random BERT (2 layers, width 32) with all-MiniLM-L6-v2's tokenizer: real loading code, fast runs."""
+  import torch
+  from transformers import BertConfig, BertModel
+  from postembed_jax.models import hf_io
+  path = tmp_path_factory.mktemp("tiny_bert")
+  minilm = hf_io.resolve_model_dir("all-MiniLM-L6-v2")
+  torch.manual_seed(0)
+  BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                       intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
+  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+    shutil.copy(minilm / name, path / name)
+  return path

@@ -1,7 +1,6 @@
 """Smoke tests of benchmarks/train_throughput.py and benchmarks/gpu_mfu.py at toy sizes: a tiny BERT (with
 all-MiniLM-L6-v2's tokenizer) on the Debian fixture, a few steps, sane numbers, and the FLOP formula by hand."""
 
-import shutil
 import sys
 import types
 from pathlib import Path
@@ -14,21 +13,6 @@ FIXTURE = REPO / "tests" / "fixtures" / "debian"
 sys.path.insert(0, str(REPO))  # the benchmarks package lives at the repository root
 
 from benchmarks import common, gpu_mfu, train_throughput  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def tiny_model_dir(tmp_path_factory) -> Path:
-  import torch
-  from transformers import BertConfig, BertModel
-  from postembed_jax.models import hf_io
-  path = tmp_path_factory.mktemp("tiny_bert")
-  minilm = hf_io.resolve_model_dir("all-MiniLM-L6-v2")
-  torch.manual_seed(0)
-  BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
-  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-    shutil.copy(minilm / name, path / name)
-  return path
 
 
 def test_train_throughput_tiny(tiny_model_dir, tmp_path, monkeypatch):

@@ -3,7 +3,6 @@ fixture with a tiny BERT that uses all-MiniLM-L6-v2's tokenizer, so each run tak
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,21 +11,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 FIXTURE = REPO / "tests" / "fixtures" / "debian"
-
-
-@pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory) -> Path:
-  import torch
-  from transformers import BertConfig, BertModel
-  from postembed_jax.models import hf_io
-  path = tmp_path_factory.mktemp("tiny_bert")
-  minilm = hf_io.resolve_model_dir("all-MiniLM-L6-v2")
-  torch.manual_seed(0)
-  BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                       intermediate_size=64, max_position_embeddings=128)).save_pretrained(path)
-  for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
-    shutil.copy(minilm / name, path / name)
-  return path
 
 
 @pytest.fixture(scope="session")

@@ -8,8 +8,8 @@ from postembed_jax.serving.embedder import Embedder, bucket_lengths, pad_to_buck
 
 
 def test_bucket_lengths_end_at_max_length():
-  assert bucket_lengths(128) == (16, 32, 48, 64, 96, 128)
-  assert bucket_lengths(100) == (16, 32, 48, 64, 96, 100)
+  assert bucket_lengths(128) == (16, 32, 48, 64, 80, 96, 112, 128)
+  assert bucket_lengths(100) == (16, 32, 48, 64, 80, 96, 100)
 
 
 def test_pad_to_bucket_pads_rows_and_length():

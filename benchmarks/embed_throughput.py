@@ -8,10 +8,7 @@ Writes benchmarks/results/embed_throughput.{json,md}.
 
 import argparse
 import json
-import os
-import platform
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np

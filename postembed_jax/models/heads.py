@@ -10,7 +10,6 @@ Three families, chosen per task by name in the config (``config.losses``):
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx

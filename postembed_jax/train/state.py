@@ -8,7 +8,6 @@ device ever holds a full unsharded copy on the way.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
 
 import jax
 import jax.numpy as jnp

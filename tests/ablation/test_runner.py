@@ -2,7 +2,6 @@ import json
 import sys
 from pathlib import Path
 
-import ml_collections
 import pytest
 
 from postembed_jax.ablation import runner

@@ -1,6 +1,5 @@
 import threading
 import time
-import types
 
 import numpy as np
 import pytest

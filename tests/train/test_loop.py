@@ -5,7 +5,6 @@ import json
 import re
 import signal
 import time
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -84,7 +84,6 @@ def measure(cfg, *, batch_size: int, seq_len: int, steps: int, warmup: int, dtyp
   """Builds a random model of shape ``cfg`` and times ``steps`` of its training step on pair batches of
   ``batch_size`` x ``seq_len`` tokens a side. Returns step time, tokens/s and achieved FLOP/s."""
   import jax
-  import jax.numpy as jnp
   import numpy as np
   from flax import nnx
   from postembed_jax.train import sharding
@@ -103,11 +102,7 @@ def measure(cfg, *, batch_size: int, seq_len: int, steps: int, warmup: int, dtyp
   # Initialised eagerly, then placed: jitting this random init took XLA 2.4 minutes to compile on an H200.
   params = jax.device_put(nnx.split(state_lib.build_model(config, cfg, infos, seed), nnx.Param)[1],
                           param_shardings)
-  tx = state_lib.make_optimizer(config, params)
-  opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, rules)
-  state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": sharding.replicated(mesh)}
-  state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
-           "step": jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh))}
+  tx, state, state_shardings = state_lib.init_train_state(config, params, param_shardings, mesh, rules)
   batch_sharding = sharding.batch_sharding(mesh)
   step = step_lib.make_train_step(graphdef, tx, key=step_lib.PAIRS, pair_tasks=["pairs"], loss_weights={},
                                   seed=seed, state_shardings=state_shardings, batch_sharding=batch_sharding)

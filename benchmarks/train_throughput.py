@@ -64,7 +64,6 @@ class OursTrainer:
 
   def __init__(self, config):
     import jax
-    import jax.numpy as jnp
     from postembed_jax.data import pipeline
     from postembed_jax.models import hf_io
     from postembed_jax.models.encoder import EncoderConfig
@@ -89,11 +88,7 @@ class OursTrainer:
     infos = state_lib.task_infos(config, self.train_iter.label_names, self.train_iter.task_names)
     start = time.perf_counter()
     graphdef, params, param_shardings = state_lib.create_params(config, self.model_dir, cfg, infos, mesh, rules)
-    tx = state_lib.make_optimizer(config, params)
-    opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, rules)
-    state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": sharding.replicated(mesh)}
-    self.state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
-                  "step": jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh))}
+    tx, self.state, state_shardings = state_lib.init_train_state(config, params, param_shardings, mesh, rules)
     jax.block_until_ready(self.state)
     self.model_start_s = time.perf_counter() - start
     self.batch_sharding = sharding.batch_sharding(mesh)

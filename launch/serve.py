@@ -6,8 +6,10 @@
 from absl import app
 from ml_collections import config_flags
 
+from postembed_jax import config_overrides
 from postembed_jax.serving.service import serve
 
+config_overrides.exit_on_unknown_override(default="configs/serve.py")
 _CONFIG = config_flags.DEFINE_config_file("config", "configs/serve.py", "Near-line service config.")
 
 

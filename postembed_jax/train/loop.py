@@ -137,11 +137,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   infos = state_lib.task_infos(config, train_iter.label_names, train_iter.task_names)
 
   graphdef, params, param_shardings = state_lib.create_params(config, model_dir, cfg, infos, mesh, rules)
-  tx = state_lib.make_optimizer(config, params)
-  opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, rules)
-  state_shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": sharding.replicated(mesh)}
-  train_state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
-                 "step": jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh))}
+  tx, train_state, state_shardings = state_lib.init_train_state(config, params, param_shardings, mesh, rules)
 
   manager = checkpoint.make_manager(workdir, config.checkpoint)
   start_step, origin = 0, f"pretrained model {config.model}"

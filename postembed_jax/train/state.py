@@ -107,3 +107,14 @@ def create_params(config, model_dir, cfg: EncoderConfig, infos, mesh, rules):
     full = ("tower",) + path
     flat_params[full].set_value(jax.device_put(np.asarray(value, np.float32), flat_shardings[full]))
   return graphdef, params, shardings
+
+
+def init_train_state(config, params: nnx.State, param_shardings, mesh, rules):
+  """(optimizer, train state, its shardings): optimizer state created sharded like the parameters it follows,
+  step 0 replicated. The shape of what checkpoints save and restore."""
+  tx = make_optimizer(config, params)
+  opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, rules)
+  shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": sharding.replicated(mesh)}
+  train_state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
+                 "step": jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh))}
+  return tx, train_state, shardings

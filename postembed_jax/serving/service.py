@@ -7,6 +7,7 @@ FastAPI API in front of it; ``serve`` runs that under uvicorn (launch/serve.py c
   POST /posts          {"id", "text", "timestamp"?}       -> 202 {"id", "status": created|updated|unchanged}
   POST /posts/batch    {"posts": [...]}                   -> 202 {"results": [{"id", "status"}, ...]}
   GET  /posts/{id}                                        -> {"id", "status": pending|embedded, "embedding", ...}
+                                                             (embedded: /search finds it from then on)
   POST /search         {"text" | "vector", "k"}           -> {"results": [{"id", "score"}, ...]}
   POST /members/feed   {"engaged": [ids], "k", "max_clusters"} -> {"interests": [...], "results": [...]}
   GET  /health, GET /metrics
@@ -111,10 +112,15 @@ class Nearline:
         results=[dict(id=ids[h.key], score=h.score, interest=h.cluster) for h in hits],
         not_embedded=sorted(set(engaged) - {ids[key] for key in keys}))
 
+  def get(self, post_id: str) -> dict | None:
+    with self.worker.publish_lock:  # so "embedded" is only ever said of a post search can find
+      return self.store.get(post_id)
+
   def health(self) -> dict:
+    with self.worker.publish_lock:
+      indexed, counts = len(self.index), self.store.counts()
     return dict(status="ok" if self.worker.alive else "worker stopped", model=self.embedder.name,
-                dim=self.embedder.dim, indexed=len(self.index), worker_last_error=self.worker.last_error,
-                **self.store.counts())
+                dim=self.embedder.dim, indexed=indexed, worker_last_error=self.worker.last_error, **counts)
 
 
 def _request_models(config):
@@ -199,7 +205,7 @@ def create_app(config, *, embedder: Embedder | None = None) -> FastAPI:
 
   @app.get("/posts/{post_id:path}")
   def get_post(post_id: str):
-    post = nearline().store.get(post_id)
+    post = nearline().get(post_id)
     if post is None:
       raise HTTPException(404, detail=f"No post with id {post_id!r}.")
     post.pop("key")
@@ -231,8 +237,9 @@ def create_app(config, *, embedder: Embedder | None = None) -> FastAPI:
 
   @app.get("/metrics")
   def metrics():
-    return dict(nearline().metrics.snapshot(), queue_depth=nearline().store.queue_depth(),
-                indexed=len(nearline().index))
+    with nearline().worker.publish_lock:
+      depth, indexed = nearline().store.queue_depth(), len(nearline().index)
+    return dict(nearline().metrics.snapshot(), queue_depth=depth, indexed=indexed)
 
   return app
 

@@ -3,7 +3,8 @@
 A batch goes when it is full (``max_batch``) or when its oldest post has waited ``max_wait_s``; posts arriving
 meanwhile join it, and a backlog is drained in full batches at once. The queue is read from the store, not kept
 in memory, so a restart carries on exactly where a crash stopped. Each batch is stored before it is added to the
-index, so the index never holds a vector the store lacks.
+index, so the index never holds a vector the store lacks; both happen under ``publish_lock``, so a reader holding
+it never sees a post stored as embedded that search cannot find yet.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class EmbedWorker:
     self._wake = threading.Event()
     self._stopping = threading.Event()
     self._thread = threading.Thread(target=self._run, name="embed-worker", daemon=True)
+    self.publish_lock = threading.Lock()
     self._index_dirty = False
     self._saved_at = time.monotonic()
     self.last_error: str | None = None
@@ -90,8 +92,9 @@ class EmbedWorker:
     with self._embed_lock:
       vectors = self._embedder.embed([p.text for p in batch])
     self._metrics.observe_batch(len(batch), time.perf_counter() - start)
-    stored = self._store.save_embeddings(batch, vectors)
-    self._index.add([p.key for p, s in zip(batch, stored) if s], vectors[stored])
+    with self.publish_lock:
+      stored = self._store.save_embeddings(batch, vectors)
+      self._index.add([p.key for p, s in zip(batch, stored) if s], vectors[stored])
     self._index_dirty = True
     now = time.time()
     for post, s in zip(batch, stored):

@@ -130,7 +130,7 @@ def test_hnsw_recall_against_exact_search_on_real_embeddings(post_vectors):
   approx = index.search(queries, 10)
   exact = _exact_top(corpus, queries, 10)
   recall = np.mean([len(set(a[0].tolist()) & set(e.tolist())) / 10 for a, e in zip(approx, exact)])
-  assert recall >= 0.98, recall
+  assert recall >= 0.99, recall  # single-threaded insertion makes this deterministic (1.0 on bookworm's data)
   # The exact path is brute force: numpy's top-10 similarities (neighbour order may differ only on float ties).
   for query, (_, scores), top in zip(queries, index.search(queries, 10, exact=True), exact):
     np.testing.assert_allclose(scores, corpus[top] @ query, atol=1e-5)

@@ -52,11 +52,15 @@ def service_parts(tmp_path, default_embedder):
     store.close()
 
 
-def _wait_until_embedded(store, timeout=60.0):
+def _wait_until_embedded(store, worker, timeout=60.0):
+  """Until every queued post is searchable (read under publish_lock, as the service does)."""
   deadline = time.monotonic() + timeout
-  while store.queue_depth() and time.monotonic() < deadline:
+  while time.monotonic() < deadline:
+    with worker.publish_lock:
+      if not store.queue_depth():
+        return
     time.sleep(0.02)
-  assert store.queue_depth() == 0, "worker did not drain the queue"
+  raise AssertionError("worker did not drain the queue")
 
 
 def test_backlog_is_embedded_in_full_batches_with_the_right_vectors(service_parts, default_embedder):
@@ -64,12 +68,12 @@ def test_backlog_is_embedded_in_full_batches_with_the_right_vectors(service_part
   store.submit([Post(str(i), t) for i, t in enumerate(TEXTS[:8])], max_queue=100)
   worker.notify()
   start = time.monotonic()
-  _wait_until_embedded(store)
+  _wait_until_embedded(store, worker)
   assert time.monotonic() - start < 30.0  # full batches go at once, without waiting for the window
   worker.max_wait_s = 0.0
   store.submit([Post(str(i), t) for i, t in enumerate(TEXTS)], max_queue=100)
   worker.notify()
-  _wait_until_embedded(store)
+  _wait_until_embedded(store, worker)
   assert embedder.batches == [4, 4, 2]
   expected = default_embedder.embed(TEXTS)
   for i, text in enumerate(TEXTS):
@@ -87,7 +91,7 @@ def test_posts_arriving_within_the_window_share_a_batch(service_parts):
   time.sleep(0.2)
   store.submit([Post("b", TEXTS[1]), Post("c", TEXTS[2])], max_queue=100)
   worker.notify()
-  _wait_until_embedded(store)
+  _wait_until_embedded(store, worker)
   assert embedder.batches == [3]
 
 
@@ -95,10 +99,10 @@ def test_an_edit_replaces_the_embedding_in_store_and_index(service_parts, defaul
   store, index, worker, _, _ = service_parts()
   store.submit([Post("a", TEXTS[0]), Post("b", TEXTS[1])], max_queue=100)
   worker.notify()
-  _wait_until_embedded(store)
+  _wait_until_embedded(store, worker)
   store.submit([Post("a", TEXTS[5])], max_queue=100)
   worker.notify()
-  _wait_until_embedded(store)
+  _wait_until_embedded(store, worker)
   new = default_embedder.embed([TEXTS[5]])[0]
   np.testing.assert_allclose(store.get("a")["embedding"], new, atol=1e-4)
   assert len(index) == 2
@@ -110,7 +114,7 @@ def test_a_failing_batch_is_retried_and_reported(service_parts):
   store, index, worker, embedder, metrics = service_parts(fail_first=True)
   store.submit([Post("a", TEXTS[0])], max_queue=100)
   worker.notify()
-  _wait_until_embedded(store, timeout=30)
+  _wait_until_embedded(store, worker, timeout=30)
   assert worker.alive and worker.last_error == "RuntimeError: device fell off"
   assert metrics.snapshot()["worker_errors"] == 1 and len(index) == 1
 
@@ -119,7 +123,7 @@ def test_stop_saves_the_index(tmp_path, service_parts, caplog):
   store, _, worker, _, _ = service_parts()
   store.submit([Post(str(i), t) for i, t in enumerate(TEXTS[:3])], max_queue=100)
   worker.notify()
-  _wait_until_embedded(store)
+  _wait_until_embedded(store, worker)
   worker.stop()
   caplog.set_level("INFO")
   reopened = open_index(tmp_path / "posts.usearch", store)
@@ -131,7 +135,7 @@ def test_index_rows_are_never_duplicated_under_repeated_edits(service_parts):
   for round_ in range(3):
     store.submit([Post(str(i), f"{t} (v{round_})") for i, t in enumerate(TEXTS[:5])], max_queue=100)
     worker.notify()
-  _wait_until_embedded(store)
+  _wait_until_embedded(store, worker)
   assert len(index) == 5
   keys, vectors = store.embeddings([str(i) for i in range(5)])
   hits = PostIndex.search(index, vectors, 5, exact=True)

@@ -217,10 +217,11 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
         writer.write(step, val_metrics)
         bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(val_metrics.items())
                                                if "pair_auc" in k and not k.endswith(("_low", "_high"))))
+      stopping = stop.requested  # read once: a signal landing between the save and the check must not skip it
       checkpoint.save(manager, step, train_state, train_iter.get_state(), meta,
                       metrics=_finite(val_metrics) if eval_now else None,
-                      force=stop.requested or step == config.total_steps)
-      if stop.requested:
+                      force=stopping or step == config.total_steps)
+      if stopping:
         bar.write(f"SIGTERM: saved step {step}; stopping.")
         break
   finally:

@@ -292,6 +292,10 @@ def _debtag_labels(heldout: Sequence[str]) -> Callable[[dict[str, Any]], list[st
   return lambda r: [t for t in r['tags'] if usable_tag(t) and facet(t) not in heldout]
 
 
+def _heldout_debtag_labels(heldout: Sequence[str]) -> Callable[[dict[str, Any]], list[str]]:
+  return lambda r: [t for t in r['tags'] if usable_tag(t) and facet(t) in heldout]
+
+
 TASKS: dict[str, PairTask | ClassificationTask] = {t.name: t for t in [
     PairTask('interest', 'post <-> its Debian section (topic)', _build_interest),
     PairTask('hashtag', 'post <-> one of its debtags, held-out facets excluded',
@@ -311,6 +315,8 @@ TASKS: dict[str, PairTask | ClassificationTask] = {t.name: t for t in [
              _build_relation, zero_shot=True),
     PairTask('zs_translation', 'ZERO-SHOT: post in a held-out language <-> English post',
              _build_translation, zero_shot=True, languages=HELDOUT_LANGUAGES),
+    ClassificationTask('zs_debtags', 'ZERO-SHOT: post -> debtags of the held-out facets (multi-label)',
+                       True, _heldout_debtag_labels(HELDOUT_FACETS), zero_shot=True),
 ]}
 
 
@@ -322,9 +328,10 @@ def get_task(name: str, config=None) -> PairTask | ClassificationTask:
   if config is None:
     return task
   get = lambda k, d: config.get(k) if config.get(k) is not None else d
-  if name == 'debtags':
+  if name in ('debtags', 'zs_debtags'):
     heldout = tuple(_as_list(get('heldout_facets', HELDOUT_FACETS)))
-    return dataclasses.replace(task, labels_of=_debtag_labels(heldout))
+    labels_of = _debtag_labels if name == 'debtags' else _heldout_debtag_labels
+    return dataclasses.replace(task, labels_of=labels_of(heldout))
   if not isinstance(task, PairTask):
     return task
   changes = {}

@@ -17,14 +17,6 @@ from postembed_jax.data import debian, pipeline, tasks
 
 EVAL_SEED = 0
 RETRIEVAL_TASKS = ("search", "storyline", "translation", "zs_translation", "relation")
-HELDOUT_FACET_TAGS = "zs_debtags"  # zero-shot label task: posts -> debtags of the held-out facets
-
-
-def _heldout_facet_task(data_config) -> tasks.ClassificationTask:
-  facets = set(_as_list(data_config.get("heldout_facets") or tasks.HELDOUT_FACETS))
-  return tasks.ClassificationTask(
-      HELDOUT_FACET_TAGS, "ZERO-SHOT: post -> debtags of held-out facets (multi-label)", True,
-      lambda r: [t for t in r["tags"] if tasks.usable_tag(t) and tasks.facet(t) in facets], zero_shot=True)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,7 +49,7 @@ def _as_list(value) -> list[str]:
 
 def task_kind(name: str) -> str:
   """"pair" or "classification"."""
-  return "classification" if name == HELDOUT_FACET_TAGS else tasks.get_task(name).kind
+  return tasks.get_task(name).kind
 
 
 def configured_tasks(data_config, *, kind: str) -> list[str]:
@@ -68,8 +60,8 @@ def configured_tasks(data_config, *, kind: str) -> list[str]:
 
 
 def held_out_tasks() -> list[str]:
-  """Zero-shot tasks: the data package's held-out pair tasks plus the held-out facets as a label task."""
-  return [n for n, t in tasks.TASKS.items() if t.zero_shot] + [HELDOUT_FACET_TAGS]
+  """Zero-shot tasks: the data package's held-out pair and label tasks."""
+  return [n for n, t in tasks.TASKS.items() if t.zero_shot]
 
 
 def _config_key(data_config) -> str:
@@ -89,14 +81,7 @@ def _data_config(config_key: str):
 
 @functools.lru_cache(maxsize=64)
 def _eval_set(name: str, split: str, config_key: str, limit: int | None) -> pipeline.EvalSet:
-  config = _data_config(config_key)
-  if name == HELDOUT_FACET_TAGS:
-    task = _heldout_facet_task(config)
-    label_names = task.label_names(debian.load_records("train", config=config))
-    eval_set = pipeline.EvalSet(name, split, task.kind, task.examples(
-        debian.load_records(split, config=config), label_names), label_names, multi_label=True)
-  else:
-    eval_set = pipeline.make_eval_examples(name, split, config, seed=EVAL_SEED)
+  eval_set = pipeline.make_eval_examples(name, split, _data_config(config_key), seed=EVAL_SEED)
   eval_set.examples = [eval_set.examples[i] for i in _subset(len(eval_set.examples), limit)]
   return eval_set
 

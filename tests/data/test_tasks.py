@@ -88,6 +88,10 @@ def test_held_out_data_never_in_training_tasks(records):
   assert {p['left'] for p in tasks.TASKS['zs_translation'].pairs(recs, neg_ratio=0)} <= held_texts
   debtag_names = tasks.TASKS['debtags'].label_names(recs)
   assert not [n for n in debtag_names if tasks.facet(n) in tasks.HELDOUT_FACETS]
+  zs_names = tasks.TASKS['zs_debtags'].label_names(recs)  # the complement: held-out facets only
+  assert zs_names and {tasks.facet(n) for n in zs_names} <= set(tasks.HELDOUT_FACETS)
+  narrowed = tasks.get_task('zs_debtags', {'heldout_facets': 'hardware'}).label_names(recs)
+  assert narrowed and {tasks.facet(n) for n in narrowed} == {'hardware'}
   assert all(t.zero_shot == n.startswith(('zs_', 'relation')) for n, t in tasks.TASKS.items())
 
 

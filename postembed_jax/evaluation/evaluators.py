@@ -161,27 +161,27 @@ def _prefixed(task: str, scores: Mapping[str, float]) -> dict[str, float]:
   return {f"{task}/{k}": v for k, v in scores.items()}
 
 
+def _score_pair_tasks(score, embedder, *, split, data_config, settings: EvalSettings, only=None) -> dict:
+  out = {}
+  for task in examples.configured_tasks(data_config, kind="pair"):
+    if only is None or task in only:
+      pairs = examples.pairs(task, split, data_config, limit=settings.max_examples)
+      if pairs.scorable:
+        out |= _prefixed(task, score(embedder, pairs, settings=settings, ci=settings.wants_ci(split)))
+  return out
+
+
 @register("pair_auc")
 def pair_auc_evaluator(embedder, *, split, data_config, settings: EvalSettings) -> dict[str, float]:
   """Pair AUC on every trained pair task."""
-  out = {}
-  for task in examples.configured_tasks(data_config, kind="pair"):
-    pairs = examples.pairs(task, split, data_config, limit=settings.max_examples)
-    if pairs.scorable:
-      out |= _prefixed(task, score_pairs(embedder, pairs, settings=settings, ci=settings.wants_ci(split)))
-  return out
+  return _score_pair_tasks(score_pairs, embedder, split=split, data_config=data_config, settings=settings)
 
 
 @register("retrieval")
 def retrieval_evaluator(embedder, *, split, data_config, settings: EvalSettings) -> dict[str, float]:
   """recall@k, MRR and nDCG@10 on the trained retrieval tasks (search, storyline, translation)."""
-  out = {}
-  for task in examples.configured_tasks(data_config, kind="pair"):
-    if task in examples.RETRIEVAL_TASKS:
-      pairs = examples.pairs(task, split, data_config, limit=settings.max_examples)
-      if pairs.scorable:
-        out |= _prefixed(task, score_retrieval(embedder, pairs, settings=settings, ci=settings.wants_ci(split)))
-  return out
+  return _score_pair_tasks(score_retrieval, embedder, split=split, data_config=data_config, settings=settings,
+                           only=examples.RETRIEVAL_TASKS)
 
 
 @register("classification")

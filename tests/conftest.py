@@ -1,4 +1,5 @@
-"""Shared fixtures: the default pretrained model is loaded once per session (loading + compiling dominates)."""
+"""Shared fixtures, built once per session: the default pretrained model (loading + compiling dominates) and the
+Debian fixture corpus as a data config (its TFDS dataset is built on first use, offline)."""
 
 import json
 import shutil
@@ -7,6 +8,17 @@ from pathlib import Path
 import pytest
 
 FIXTURES = Path(__file__).parent / "fixtures"
+DEBIAN_FIXTURE = FIXTURES / "debian"  # a small real subset of the bookworm indexes, with its Release file
+
+
+@pytest.fixture(scope="session")
+def fixture_data_config(tmp_path_factory):
+  """The default data config reading DEBIAN_FIXTURE instead of a mirror, into a session-wide TFDS dir."""
+  from postembed_jax.data import pipeline
+  config = pipeline.default_data_config()
+  config.index_dir = str(DEBIAN_FIXTURE)
+  config.data_dir = str(tmp_path_factory.mktemp("tfds"))
+  return config
 
 
 @pytest.fixture(scope="session")

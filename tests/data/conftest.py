@@ -1,21 +1,16 @@
-"""Shared fixtures: the Debian index subset in tests/fixtures/debian, built once
-into a temporary TFDS data_dir (no network), and the offline MiniLM tokenizer."""
+"""Data fixtures: the session's Debian fixture config with small batches, its records, and the offline MiniLM
+tokenizer."""
 
-import os
+import copy
 
 import pytest
 
 from postembed_jax.data import debian
-from postembed_jax.data import pipeline
-
-FIXTURE_DIR = os.path.join(os.path.dirname(__file__), '..', 'fixtures', 'debian')
 
 
 @pytest.fixture(scope='session')
-def data_config(tmp_path_factory):
-  cfg = pipeline.default_data_config()
-  cfg.index_dir = os.path.abspath(FIXTURE_DIR)
-  cfg.data_dir = str(tmp_path_factory.mktemp('tfds'))
+def data_config(fixture_data_config):
+  cfg = copy.deepcopy(fixture_data_config)  # same TFDS dir: the dataset is built once
   cfg.batch_size = 8
   return cfg
 

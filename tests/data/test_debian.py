@@ -11,7 +11,7 @@ import pytest
 
 from postembed_jax.data import debian
 
-from .conftest import FIXTURE_DIR
+FIXTURE_DIR = os.path.join(os.path.dirname(__file__), "..", "fixtures", "debian")
 
 
 def test_apt_mirror_reads_deb822_and_one_line_sources(tmp_path):

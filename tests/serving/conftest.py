@@ -7,7 +7,6 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-FIXTURE_DIR = REPO / "tests" / "fixtures" / "debian"
 
 
 def load_serve_config(arg=None):
@@ -32,13 +31,19 @@ def serve_config(tmp_path):
 
 
 @pytest.fixture(scope="session")
-def debian_records(tmp_path_factory):
-  from ml_collections import ConfigDict
-
+def debian_records(fixture_data_config):
   from postembed_jax.data import debian
-  config = ConfigDict(dict(index_dir=str(FIXTURE_DIR)))
-  data_dir = str(tmp_path_factory.mktemp("tfds"))
-  return [r for split in debian.SPLITS for r in debian.load_records(split, data_dir=data_dir, config=config)]
+  return [r for split in debian.SPLITS for r in debian.load_records(split, config=fixture_data_config)]
+
+
+@pytest.fixture
+def store(tmp_path, request):
+  """An empty store bound to a model of the test module's DIM dimensions."""
+  from postembed_jax.serving.store import PostStore
+  s = PostStore(tmp_path / "posts.sqlite3")
+  s.bind_model("m", request.module.DIM)
+  yield s
+  s.close()
 
 
 @pytest.fixture(scope="session")

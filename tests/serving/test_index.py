@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from postembed_jax.serving.index import PostIndex, open_index, save_index
-from postembed_jax.serving.store import Post, PostStore
+from postembed_jax.serving.store import Post
 
 DIM = 8
 
@@ -63,14 +63,6 @@ def test_save_and_load_round_trip(tmp_path):
   assert PostIndex.load(tmp_path / "missing.usearch") is None
   (tmp_path / "i.usearch").write_bytes(b"not an index")
   assert PostIndex.load(tmp_path / "i.usearch") is None
-
-
-@pytest.fixture
-def store(tmp_path):
-  s = PostStore(tmp_path / "posts.sqlite3")
-  s.bind_model("m", DIM)
-  yield s
-  s.close()
 
 
 def _embed_all(store, seed):

@@ -6,14 +6,6 @@ from postembed_jax.serving.store import Post, PostStore, QueueFull
 DIM = 4
 
 
-@pytest.fixture
-def store(tmp_path):
-  s = PostStore(tmp_path / "posts.sqlite3")
-  s.bind_model("m", DIM)
-  yield s
-  s.close()
-
-
 def _vectors(n, seed=0):
   return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
 

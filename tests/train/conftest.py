@@ -14,8 +14,8 @@ FIXTURE = REPO / "tests" / "fixtures" / "debian"
 
 
 @pytest.fixture(scope="session")
-def tfds_dir(tmp_path_factory) -> Path:
-  return tmp_path_factory.mktemp("tfds")
+def tfds_dir(fixture_data_config) -> Path:
+  return Path(fixture_data_config.data_dir)  # the session's: the fixture dataset is built once
 
 
 # Two tasks and one bucket length keep the number of compiled steps (and so the test time) small.

@@ -22,3 +22,15 @@ def test_launcher_exits_with_the_message():
                            "--config.data.taks=search"], cwd=REPO, capture_output=True, text=True, timeout=120)
   assert result.returncode == 1
   assert "config.data has no field 'taks'" in result.stderr and "tasks" in result.stderr
+
+
+def test_ablation_variants_share_everything_but_their_budget():
+  """The default ablation is the quick one's training setup at a larger budget; :long is the main job's."""
+  default, quick, long = (config_overrides.load_config(str(REPO / f"configs/ablation.py{v}"))
+                          for v in ("", ":quick", ":long"))
+  main_job = config_overrides.load_config(str(REPO / "configs/mtl.py"))
+  assert (default.train.total_steps, quick.train.total_steps, long.train.total_steps) == (250, 40, 600)
+  assert default.train.data.max_length == quick.train.data.max_length == 64
+  assert (long.train.data.max_length, long.train.data.batch_size) == (main_job.data.max_length,
+                                                                      main_job.data.batch_size)
+  assert len(default.tasks.split(",")) == 5 and len(default.seeds.split(",")) >= 3

@@ -156,7 +156,7 @@ def plot_transfer(table: Sequence[dict], metric: str, path: Path) -> None:
 
 
 def plot_affinity(labels: Sequence[str], matrix: np.ndarray, path: Path, *, transfer: dict[str, float] | None,
-                  title: str = "lookahead affinity (row: task stepped on, column: task measured)") -> None:
+                  title: str = "lookahead affinity\nrow: task stepped on, column: loss measured") -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -177,9 +177,12 @@ def plot_affinity(labels: Sequence[str], matrix: np.ndarray, path: Path, *, tran
     shown = [t for t in labels if t in transfer]
     ax = axes[0, 1]
     ax.scatter([incoming[t] for t in shown], [100 * transfer[t] for t in shown])
-    for t in shown:
-      ax.annotate(t, (incoming[t], 100 * transfer[t]), fontsize=8)
+    for i, t in enumerate(shown):  # labels above and below in turn, so neighbouring points stay readable
+      ax.annotate(t, (incoming[t], 100 * transfer[t]), xytext=(4, 5 if i % 2 else -11),
+                  textcoords="offset points", fontsize=8)
     ax.axhline(0, color="gray", linewidth=0.8)
+    ax.ticklabel_format(axis="x", style="sci", scilimits=(-2, 2))  # affinities are ~1e-3: plain ticks collide
+    ax.locator_params(axis="x", nbins=5)
     ax.set_xlabel("mean affinity from the other tasks")
     ax.set_ylabel("measured relative change MTL vs STL (%)")
   fig.tight_layout()

@@ -288,12 +288,9 @@ class ClassificationTask:
     return out
 
 
-def _debtag_labels(heldout: Sequence[str]) -> Callable[[dict[str, Any]], list[str]]:
-  return lambda r: [t for t in r['tags'] if usable_tag(t) and facet(t) not in heldout]
-
-
-def _heldout_debtag_labels(heldout: Sequence[str]) -> Callable[[dict[str, Any]], list[str]]:
-  return lambda r: [t for t in r['tags'] if usable_tag(t) and facet(t) in heldout]
+def _debtag_labels(heldout: Sequence[str], *, held_out: bool = False) -> Callable[[dict[str, Any]], list[str]]:
+  """A post's usable debtags outside the held-out facets, or (``held_out``) only those inside them."""
+  return lambda r: [t for t in r['tags'] if usable_tag(t) and (facet(t) in heldout) == held_out]
 
 
 TASKS: dict[str, PairTask | ClassificationTask] = {t.name: t for t in [
@@ -316,7 +313,7 @@ TASKS: dict[str, PairTask | ClassificationTask] = {t.name: t for t in [
     PairTask('zs_translation', 'ZERO-SHOT: post in a held-out language <-> English post',
              _build_translation, zero_shot=True, languages=HELDOUT_LANGUAGES),
     ClassificationTask('zs_debtags', 'ZERO-SHOT: post -> debtags of the held-out facets (multi-label)',
-                       True, _heldout_debtag_labels(HELDOUT_FACETS), zero_shot=True),
+                       True, _debtag_labels(HELDOUT_FACETS, held_out=True), zero_shot=True),
 ]}
 
 
@@ -330,8 +327,7 @@ def get_task(name: str, config=None) -> PairTask | ClassificationTask:
   get = lambda k, d: config.get(k) if config.get(k) is not None else d
   if name in ('debtags', 'zs_debtags'):
     heldout = tuple(_as_list(get('heldout_facets', HELDOUT_FACETS)))
-    labels_of = _debtag_labels if name == 'debtags' else _heldout_debtag_labels
-    return dataclasses.replace(task, labels_of=labels_of(heldout))
+    return dataclasses.replace(task, labels_of=_debtag_labels(heldout, held_out=name == 'zs_debtags'))
   if not isinstance(task, PairTask):
     return task
   changes = {}

@@ -1,0 +1,91 @@
+"""Token ids -> padded arrays by the one bucket rule that training batches and inference share, and the lazy,
+tokenise-once vocabulary of a training run.
+
+The rule: a group of token id lists is right-padded to the smallest bucket length that holds its longest list
+(the largest bucket if none does, truncating), so jit sees a few shapes and little compute goes to padding. A
+bucket list always ends at max_length.
+"""
+
+from __future__ import annotations
+
+import bisect
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import tokenizers
+
+
+def bucket_list(max_length: int, lengths: Iterable[int]) -> tuple[int, ...]:
+  """The bucket lengths below max_length, plus max_length itself, ascending."""
+  max_length = int(max_length)
+  return tuple(sorted({int(b) for b in lengths if int(b) < max_length} | {max_length}))
+
+
+def bucket_for(length: int, buckets: Sequence[int]) -> int:
+  """The smallest bucket >= length; the largest bucket when none is."""
+  return buckets[min(bisect.bisect_left(buckets, length), len(buckets) - 1)]
+
+
+def pad(
+  token_id_lists: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int, rows: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+  """ids and mask, int32 [rows (default: one per list), bucket of the longest list]; extra rows are all padding."""
+  longest = max((len(t) for t in token_id_lists), default=1)
+  length = bucket_for(longest, buckets)
+  rows = rows or len(token_id_lists)
+  ids = np.full((rows, length), pad_id, np.int32)
+  mask = np.zeros((rows, length), np.int32)
+  for i, t in enumerate(token_id_lists):
+    t = t[:length]
+    ids[i, : len(t)] = t
+    mask[i, : len(t)] = 1
+  return ids, mask
+
+
+class Vocab:
+  """The distinct texts of a training run, each tokenised (with the fast tokenizer) at most once, when a length
+  or a batch first needs it."""
+
+  def __init__(self, tokenizer, texts: Sequence[str], max_length: int, *, length_key: str = "tokens"):
+    self.index = {t: i for i, t in enumerate(dict.fromkeys(texts))}
+    self.texts = list(self.index)
+    self.max_length, self.length_key = int(max_length), length_key
+    # The Rust tokenizer directly (a copy, so the caller's settings are kept):
+    # same ids as tokenizer(..., truncation=True), without per-text Python work.
+    backend = tokenizers.Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_padding()
+    backend.enable_truncation(self.max_length)
+    self._encode = getattr(backend, "encode_batch_fast", backend.encode_batch)
+    self._ids: list[np.ndarray | None] = [None] * len(self.texts)
+    self.lengths = np.full(len(self.texts), -1, dtype=np.int32)  # -1: not tokenised yet
+    self._bytes: np.ndarray | None = None
+    self.pad_id = int(tokenizer.pad_token_id or 0)
+
+  @property
+  def num_tokenised(self) -> int:
+    return int((self.lengths >= 0).sum())
+
+  def token_lengths(self, text_ids: np.ndarray) -> np.ndarray:
+    """Token counts (after truncation), tokenising the texts not seen yet."""
+    text_ids = np.asarray(text_ids, dtype=np.int64)
+    todo = np.unique(text_ids[self.lengths[text_ids] < 0])
+    if len(todo):
+      encodings = self._encode([self.texts[t] for t in todo], add_special_tokens=True)
+      for t, e in zip(todo.tolist(), encodings):
+        self._ids[t] = np.asarray(e.ids, dtype=np.int32)
+        self.lengths[t] = len(e.ids)
+    return self.lengths[text_ids]
+
+  def sort_lengths(self, text_ids: np.ndarray) -> np.ndarray:
+    """Host-independent lengths that windows are sorted by: token counts, or
+    (length_key='bytes') a rough token estimate from the UTF-8 byte length."""
+    if self.length_key == "tokens":
+      return self.token_lengths(text_ids).astype(np.int64)
+    if self._bytes is None:
+      self._bytes = np.array([len(t.encode()) for t in self.texts], dtype=np.int64)
+    return np.minimum(2 + self._bytes[np.asarray(text_ids, dtype=np.int64)] // 4, self.max_length)
+
+  def pad(self, text_ids: np.ndarray, buckets: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """ids and mask [len(text_ids), bucket of the longest text], by the shared rule."""
+    self.token_lengths(text_ids)
+    return pad([self._ids[t] for t in np.asarray(text_ids).tolist()], buckets, self.pad_id)

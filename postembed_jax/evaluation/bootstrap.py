@@ -12,14 +12,20 @@ stays present, and only the examples' weights vary.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 
 
-def bootstrap_ci(statistic: Callable[..., float], *arrays: np.ndarray, n_resamples: int = 1000,
-                 confidence: float = 0.95, seed: int = 0, strata: np.ndarray | None = None,
-                 bayesian: bool = False) -> tuple[float, float]:
+def bootstrap_ci(
+  statistic: Callable[..., float],
+  *arrays: np.ndarray,
+  n_resamples: int = 1000,
+  confidence: float = 0.95,
+  seed: int = 0,
+  strata: np.ndarray | None = None,
+  bayesian: bool = False,
+) -> tuple[float, float]:
   """(low, high) percentile interval of ``statistic(*arrays)`` over resamples of the rows of ``arrays``; with
   ``bayesian``, of ``statistic(*arrays, weights=w)`` over Dirichlet(1, ..., 1) weights scaled to sum to n."""
   n = len(arrays[0])

@@ -30,6 +30,12 @@ def pair_auc(labels: np.ndarray, scores: np.ndarray) -> float:
   return float(skm.roc_auc_score(labels, scores))
 
 
+def triplet_accuracy(margins: np.ndarray) -> float:
+  """Share of triplets whose positive is closer than their negative (margin > 0); a tie counts half."""
+  margins = np.asarray(margins)
+  return float(np.mean((margins > 0) + 0.5 * (margins == 0)))
+
+
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
   return float(skm.accuracy_score(y_true, y_pred))
 
@@ -39,8 +45,9 @@ def macro_f1(y_true: np.ndarray, y_pred: np.ndarray) -> float:
   return float(skm.f1_score(y_true, y_pred, average="macro", zero_division=0))
 
 
-def average_precision_per_label(y_true: np.ndarray, scores: np.ndarray,
-                                weights: np.ndarray | None = None) -> np.ndarray:
+def average_precision_per_label(
+  y_true: np.ndarray, scores: np.ndarray, weights: np.ndarray | None = None
+) -> np.ndarray:
   """Per column of [N, L] arrays, scikit-learn's average precision (step-wise, tied scores one threshold, optional
   row weights as its ``sample_weight``), computed for all columns at once: the bootstrap of mAP over hundreds of
   debtags calls this a thousand times, where ``average_precision_score`` column by column took minutes. Equality
@@ -90,4 +97,4 @@ def reciprocal_rank(relevance: np.ndarray, scores: np.ndarray) -> np.ndarray:
 
 def ndcg_at_k(relevance: np.ndarray, scores: np.ndarray, k: int) -> np.ndarray:
   """Per query: scikit-learn's nDCG@k (tied documents share their gains, its default)."""
-  return np.array([skm.ndcg_score(relevance[q:q + 1], scores[q:q + 1], k=k) for q in range(relevance.shape[0])])
+  return np.array([skm.ndcg_score(relevance[q : q + 1], scores[q : q + 1], k=k) for q in range(relevance.shape[0])])

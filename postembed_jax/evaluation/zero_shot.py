@@ -38,8 +38,10 @@ class FittedProbe:
     if isinstance(self.estimator[-1], KNeighborsClassifier):
       proba = self.estimator.predict_proba(x)
       if self.multilabel:  # one [N, n_classes] array per label, columns in classes_ order
-        proba = np.stack([p[:, list(c).index(1)] if 1 in c else np.zeros(len(x))
-                          for p, c in zip(proba, self.estimator[-1].classes_)], axis=1)
+        proba = np.stack(
+          [p[:, list(c).index(1)] if 1 in c else np.zeros(len(x)) for p, c in zip(proba, self.estimator[-1].classes_)],
+          axis=1,
+        )
       seen = proba
     else:
       seen = self.estimator.decision_function(x)
@@ -60,8 +62,9 @@ class FittedProbe:
     return out
 
 
-def fit_probe(probe: str, train_x: np.ndarray, train_labels: list, *, num_labels: int, multilabel: bool,
-              knn_k: int = 10) -> FittedProbe:
+def fit_probe(
+  probe: str, train_x: np.ndarray, train_labels: list, *, num_labels: int, multilabel: bool, knn_k: int = 10
+) -> FittedProbe:
   """Fits ``probe`` ("knn" or "linear") on embeddings and label ids (lists of ids when ``multilabel``)."""
   if probe not in PROBES:
     raise ValueError(f"Unknown probe {probe!r}; valid probes: {list(PROBES)}.")
@@ -72,8 +75,9 @@ def fit_probe(probe: str, train_x: np.ndarray, train_labels: list, *, num_labels
   else:
     labels_seen, target = np.unique(np.asarray(train_labels), return_inverse=True)
   if probe == "knn":
-    estimator = make_pipeline(KNeighborsClassifier(n_neighbors=min(knn_k, len(train_x)), metric="cosine",
-                                                   weights="distance"))
+    estimator = make_pipeline(
+      KNeighborsClassifier(n_neighbors=min(knn_k, len(train_x)), metric="cosine", weights="distance")
+    )
   else:
     estimator = make_pipeline(StandardScaler(), RidgeClassifierCV(alphas=RIDGE_ALPHAS))
   return FittedProbe(estimator.fit(train_x, target), labels_seen, num_labels, multilabel)

@@ -5,13 +5,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from postembed_jax.serving.embedder import Embedder
+from postembed_jax.models.dtypes import dtype_of
+from postembed_jax.models.embedder import Embedder
 
 
 class BadRecordError(ValueError):
@@ -48,8 +49,9 @@ def _parse_line(raw: bytes, path: Path, line_no: int, fmt: str) -> tuple[object,
   return str(record["id"]), record["text"]
 
 
-def read_posts(path: str | Path, *, skip_bad_lines: bool = False, stats: ReadStats | None = None,
-               fmt: str = "auto") -> Iterator[tuple[object, str]]:
+def read_posts(
+  path: str | Path, *, skip_bad_lines: bool = False, stats: ReadStats | None = None, fmt: str = "auto"
+) -> Iterator[tuple[object, str]]:
   """Yields (id, text). JSONL when the name ends in .jsonl/.json (or fmt="jsonl"); else one post per line, id =
   line number (1-based). Blank JSONL lines are ignored. Raises BadRecordError unless ``skip_bad_lines``."""
   path = Path(path)
@@ -73,24 +75,31 @@ def read_posts(path: str | Path, *, skip_bad_lines: bool = False, stats: ReadSta
       yield record
 
 
-def embed_file(embedder: Embedder, input_path: str | Path, output_path: str | Path, *,
-               skip_bad_lines: bool = False, chunk_size: int = 4096, progress: bool = True,
-               fmt: str = "auto") -> ReadStats:
+def embed_file(
+  embedder: Embedder,
+  input_path: str | Path,
+  output_path: str | Path,
+  *,
+  skip_bad_lines: bool = False,
+  chunk_size: int = 4096,
+  progress: bool = True,
+  fmt: str = "auto",
+) -> ReadStats:
   """Embeds every post; the Parquet file appears under ``output_path`` only once complete."""
   output_path = Path(output_path)
   output_path.parent.mkdir(parents=True, exist_ok=True)
   tmp_path = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
   schema = pa.schema(
-      [("id", pa.string()), ("embedding", pa.list_(pa.float32(), embedder.dim))],
-      metadata={"model": embedder.name, "dim": str(embedder.dim), "max_length": str(embedder.max_length)})
+    [("id", pa.string()), ("embedding", pa.list_(pa.float32(), embedder.dim))],
+    metadata={"model": embedder.name, "dim": str(embedder.dim), "max_length": str(embedder.max_length)},
+  )
   stats = ReadStats()
   records = read_posts(input_path, skip_bad_lines=skip_bad_lines, stats=stats, fmt=fmt)
   try:
     with pq.ParquetWriter(tmp_path, schema) as writer:
       for ids, vectors in embedder.embed_stream(records, chunk_size=chunk_size, progress=progress):
         embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), embedder.dim)
-        writer.write_table(pa.table({"id": pa.array([str(i) for i in ids]), "embedding": embedding},
-                                    schema=schema))
+        writer.write_table(pa.table({"id": pa.array([str(i) for i in ids]), "embedding": embedding}, schema=schema))
     os.replace(tmp_path, output_path)
   finally:
     tmp_path.unlink(missing_ok=True)
@@ -99,19 +108,23 @@ def embed_file(embedder: Embedder, input_path: str | Path, output_path: str | Pa
 
 def run_embed_job(config) -> ReadStats:
   """Entry point shared by launch/embed.py and notebooks: validates the config, embeds, reports."""
-  import jax.numpy as jnp
   for field in ("input", "output"):
     if not config.get(field):
       raise ValueError(f"config.{field} is required (e.g. --config.{field}=...).")
   if not Path(config.input).exists():
     raise FileNotFoundError(f"config.input: {config.input} does not exist.")
-  dtypes = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-  if config.dtype not in dtypes:
-    raise ValueError(f"config.dtype={config.dtype!r}; choose one of {sorted(dtypes)}.")
-  embedder = Embedder.from_pretrained(config.model, max_length=config.max_length,
-                                      batch_size=config.batch_size, dtype=dtypes[config.dtype])
-  stats = embed_file(embedder, config.input, config.output, skip_bad_lines=config.skip_bad_lines,
-                     chunk_size=config.chunk_size, fmt=config.input_format)
+  dtype = dtype_of(config.dtype)
+  embedder = Embedder.from_pretrained(
+    config.model, max_length=config.max_length, batch_size=config.batch_size, dtype=dtype
+  )
+  stats = embed_file(
+    embedder,
+    config.input,
+    config.output,
+    skip_bad_lines=config.skip_bad_lines,
+    chunk_size=config.chunk_size,
+    fmt=config.input_format,
+  )
   skipped = f", skipped {stats.skipped} bad lines" if stats.skipped else ""
   print(f"Wrote {stats.read} embeddings of dim {embedder.dim} to {config.output}{skipped}.")
   return stats

@@ -34,7 +34,7 @@ class PostIndex:
     return len(self._index)
 
   def add(self, keys: np.ndarray, vectors: np.ndarray, *, threads: int = 1) -> None:
-    """``threads=0`` uses every core: about 5x faster on 2 cores, for bulk loads where the graph is large anyway."""
+    """``threads=0`` uses every core: much faster, for bulk loads where the graph is large anyway."""
     keys = np.asarray(keys, np.uint64)
     if not len(keys):
       return
@@ -44,8 +44,8 @@ class PostIndex:
       present = keys[self._index.contains(keys)] if len(self._index) else keys[:0]
       if len(present):
         self._index.remove(present)
-      # One thread by default: inserting a batch concurrently lets its members miss each other as neighbours. On
-      # 359 Debian posts (many near-duplicates) that cost up to 2.5 points of recall@10, varying run to run.
+      # One thread by default: inserting a batch concurrently lets its members miss each other as neighbours, which
+      # costs recall on near-duplicate posts, differently from run to run (docs/serving.md, "Index recall").
       self._index.add(keys, np.asarray(vectors, np.float32), threads=threads)
 
   def search(self, queries: np.ndarray, k: int, *, exact: bool | None = None) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -75,7 +75,7 @@ class PostIndex:
     _atomic_write(_meta_path(path), lambda tmp: tmp.write_text(json.dumps(meta)))
 
   @classmethod
-  def load(cls, path: str | Path, *, exact_below: int = 20_000) -> tuple["PostIndex", dict] | None:
+  def load(cls, path: str | Path, *, exact_below: int = 20_000) -> tuple[PostIndex, dict] | None:
     """(index, metadata) from ``save``, or None if either file is missing or unreadable."""
     path = Path(path)
     try:
@@ -105,8 +105,12 @@ def open_index(path: str | Path, store, *, exact_below: int = 20_000) -> PostInd
   index = index or PostIndex(dim, exact_below=exact_below)
   _replay(index, store, since)
   if len(index) != store.counts()["with_embedding"]:
-    log.warning("Index %s holds %d posts but the store has %d embeddings; rebuilding it.",
-                path, len(index), store.counts()["with_embedding"])
+    log.warning(
+      "Index %s holds %d posts but the store has %d embeddings; rebuilding it.",
+      path,
+      len(index),
+      store.counts()["with_embedding"],
+    )
     index = PostIndex(dim, exact_below=exact_below)
     _replay(index, store, 0)
   return index
@@ -114,8 +118,9 @@ def open_index(path: str | Path, store, *, exact_below: int = 20_000) -> PostInd
 
 def save_index(index: PostIndex, path: str | Path, store) -> None:
   """Saves ``index`` as holding every embedding the store has written so far (call it between worker batches)."""
-  index.save(path, meta=dict(store_id=store.store_id, model=store.model[0], dim=index.dim,
-                             embed_seq=store.last_embed_seq))
+  index.save(
+    path, meta=dict(store_id=store.store_id, model=store.model[0], dim=index.dim, embed_seq=store.last_embed_seq)
+  )
 
 
 def _replay(index: PostIndex, store, since: int) -> None:

@@ -39,9 +39,15 @@ class Histogram:
       i = bisect.bisect_left(cumulative, q * n)
       return self.buckets[i] if i < len(self.buckets) else float("inf")
 
-    return dict(count=n, sum=total, mean=total / n if n else None,
-                buckets={**{str(b): c for b, c in zip(self.buckets, cumulative)}, "+Inf": n},
-                p50=quantile(0.5), p90=quantile(0.9), p99=quantile(0.99))
+    return dict(
+      count=n,
+      sum=total,
+      mean=total / n if n else None,
+      buckets={**{str(b): c for b, c in zip(self.buckets, cumulative)}, "+Inf": n},
+      p50=quantile(0.5),
+      p90=quantile(0.9),
+      p99=quantile(0.99),
+    )
 
 
 class ServiceMetrics:
@@ -51,8 +57,9 @@ class ServiceMetrics:
     self.embed_batch_seconds = Histogram(LATENCY_BUCKETS)  # model time of one micro-batch
     self.submit_to_searchable_seconds = Histogram(LATENCY_BUCKETS)  # per post: accepted -> in the index
     self.batch_size = Histogram(BATCH_BUCKETS)
-    self._counters = dict(posts_accepted=0, posts_unchanged=0, requests_rejected_busy=0, posts_embedded=0,
-                          batches=0, worker_errors=0)
+    self._counters = dict(
+      posts_accepted=0, posts_unchanged=0, requests_rejected_busy=0, posts_embedded=0, batches=0, worker_errors=0
+    )
     self._lock = threading.Lock()
     self.embed_rate = None  # posts per second of model time, smoothed; sizes Retry-After
 
@@ -71,7 +78,9 @@ class ServiceMetrics:
   def snapshot(self) -> dict:
     with self._lock:
       out = dict(self._counters, embed_rate_posts_per_s=self.embed_rate)
-    out.update(embed_batch_seconds=self.embed_batch_seconds.snapshot(),
-               submit_to_searchable_seconds=self.submit_to_searchable_seconds.snapshot(),
-               batch_size=self.batch_size.snapshot())
+    out.update(
+      embed_batch_seconds=self.embed_batch_seconds.snapshot(),
+      submit_to_searchable_seconds=self.submit_to_searchable_seconds.snapshot(),
+      batch_size=self.batch_size.snapshot(),
+    )
     return out

@@ -21,14 +21,14 @@ import math
 import threading
 from typing import Annotated
 
-import jax.numpy as jnp
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
+from postembed_jax.models.dtypes import dtype_of
+from postembed_jax.models.embedder import Embedder
 from postembed_jax.serving import members
-from postembed_jax.serving.embedder import Embedder
 from postembed_jax.serving.index import open_index
 from postembed_jax.serving.metrics import ServiceMetrics
 from postembed_jax.serving.store import Post, PostStore, QueueFull
@@ -46,7 +46,8 @@ class Nearline:
   def __init__(self, config, embedder: Embedder | None = None):
     self.config = config
     self.embedder = embedder or Embedder.from_pretrained(
-        config.model, max_length=config.max_length, batch_size=config.embed_batch_size, dtype=jnp.dtype(config.dtype))
+      config.model, max_length=config.max_length, batch_size=config.embed_batch_size, dtype=dtype_of(config.dtype)
+    )
     self.store = PostStore(config.db_path, sync=config.sync)
     try:
       self.store.bind_model(self.embedder.name, self.embedder.dim)
@@ -58,13 +59,25 @@ class Nearline:
       raise
     self.metrics = ServiceMetrics()
     self._embed_lock = threading.Lock()  # the tokenizer is not thread-safe; the worker and queries share it
-    self.worker = EmbedWorker(self.store, self.index, self.embedder, embed_lock=self._embed_lock,
-                              metrics=self.metrics, max_batch=config.max_batch,
-                              max_wait_s=config.max_wait_ms / 1000, index_path=config.index_path,
-                              index_save_every_s=config.index_save_every_s)
+    self.worker = EmbedWorker(
+      self.store,
+      self.index,
+      self.embedder,
+      embed_lock=self._embed_lock,
+      metrics=self.metrics,
+      max_batch=config.max_batch,
+      max_wait_s=config.max_wait_ms / 1000,
+      index_path=config.index_path,
+      index_save_every_s=config.index_save_every_s,
+    )
     self.worker.start()
-    log.info("Serving %s (dim %d): %s posts, %d in the index.", self.embedder.name, self.embedder.dim,
-             self.store.counts(), len(self.index))
+    log.info(
+      "Serving %s (dim %d): %s posts, %d in the index.",
+      self.embedder.name,
+      self.embedder.dim,
+      self.store.counts(),
+      len(self.index),
+    )
 
   def close(self) -> None:
     self.worker.stop()
@@ -94,7 +107,7 @@ class Nearline:
       return self.embedder.embed(texts)
 
   def search(self, vector: np.ndarray, k: int) -> list[dict]:
-    (keys, scores), = self.index.search(vector, k)
+    ((keys, scores),) = self.index.search(vector, k)
     ids = self.store.ids(keys)
     return [dict(id=ids[int(key)], score=float(score)) for key, score in zip(keys, scores)]
 
@@ -107,10 +120,13 @@ class Nearline:
     hits = members.retrieve(self.index, interests, k, exclude=keys)
     ids = self.store.ids(keys + [h.key for h in hits])
     return dict(
-        interests=[dict(size=int(size), engaged=[ids[key] for key, label in zip(keys, interests.labels)
-                                                 if label == c]) for c, size in enumerate(interests.sizes)],
-        results=[dict(id=ids[h.key], score=h.score, interest=h.cluster) for h in hits],
-        not_embedded=sorted(set(engaged) - {ids[key] for key in keys}))
+      interests=[
+        dict(size=int(size), engaged=[ids[key] for key, label in zip(keys, interests.labels) if label == c])
+        for c, size in enumerate(interests.sizes)
+      ],
+      results=[dict(id=ids[h.key], score=h.score, interest=h.cluster) for h in hits],
+      not_embedded=sorted(set(engaged) - {ids[key] for key in keys}),
+    )
 
   def get(self, post_id: str) -> dict | None:
     with self.worker.publish_lock:  # so "embedded" is only ever said of a post search can find
@@ -119,8 +135,14 @@ class Nearline:
   def health(self) -> dict:
     with self.worker.publish_lock:
       indexed, counts = len(self.index), self.store.counts()
-    return dict(status="ok" if self.worker.alive else "worker stopped", model=self.embedder.name,
-                dim=self.embedder.dim, indexed=indexed, worker_last_error=self.worker.last_error, **counts)
+    return dict(
+      status="ok" if self.worker.alive else "worker stopped",
+      model=self.embedder.name,
+      dim=self.embedder.dim,
+      indexed=indexed,
+      worker_last_error=self.worker.last_error,
+      **counts,
+    )
 
 
 def _request_models(config):
@@ -182,9 +204,13 @@ def create_app(config, *, embedder: Embedder | None = None) -> FastAPI:
   async def limit_body_size(request: Request, call_next):
     length = request.headers.get("content-length", "0")
     if not length.isdigit() or int(length) > max_body_bytes:
-      return JSONResponse(status_code=413, content=dict(
+      return JSONResponse(
+        status_code=413,
+        content=dict(
           detail=f"Request body of {length} bytes; the limit is {max_body_bytes} "
-                 f"({config.max_request_posts} posts of {config.max_text_chars} characters)."))
+          f"({config.max_request_posts} posts of {config.max_text_chars} characters)."
+        ),
+      )
     return await call_next(request)
 
   def submit(posts) -> list[str]:
@@ -192,8 +218,11 @@ def create_app(config, *, embedder: Embedder | None = None) -> FastAPI:
       return nearline().submit([Post(p.id, p.text, p.timestamp) for p in posts])
     except QueueFull as e:
       retry = nearline().retry_after_s(e.depth)
-      raise HTTPException(429, detail=f"Embedding is behind: {e} Nothing from this request was stored; "
-                                      f"retry in {retry} s.", headers={"Retry-After": str(retry)}) from None
+      raise HTTPException(
+        429,
+        detail=f"Embedding is behind: {e} Nothing from this request was stored; retry in {retry} s.",
+        headers={"Retry-After": str(retry)},
+      ) from None
 
   @app.post("/posts", status_code=202)
   def submit_post(post: PostIn):
@@ -216,8 +245,10 @@ def create_app(config, *, embedder: Embedder | None = None) -> FastAPI:
   def search(query: SearchQuery):
     if query.vector is not None:
       if len(query.vector) != nearline().embedder.dim:
-        raise HTTPException(422, detail=f"'vector' has {len(query.vector)} numbers; the model's embeddings have "
-                                        f"{nearline().embedder.dim}.")
+        raise HTTPException(
+          422,
+          detail=f"'vector' has {len(query.vector)} numbers; the model's embeddings have {nearline().embedder.dim}.",
+        )
       vector = np.asarray(query.vector, np.float32)
     else:
       vector = nearline().embed_queries([query.text])[0]
@@ -248,8 +279,12 @@ def serve(config) -> None:
   """Runs the service in this process until SIGINT/SIGTERM (then the worker finishes its batch and the index is
   saved; a SIGKILL loses nothing acknowledged either, only the index's cache of the latest batches)."""
   import uvicorn
+
   from postembed_jax import compilation_cache
+
   logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-  compilation_cache.enable(config.compilation_cache_dir, min_compile_secs=0)  # each shape compiles in ~0.5 s
-  uvicorn.run(create_app(config), host=config.host, port=config.port, log_level=config.log_level,
-              access_log=config.access_log)
+  # Every shape, however quick: a restarted service meets them all at once.
+  compilation_cache.enable(config.compilation_cache_dir, min_compile_secs=0)
+  uvicorn.run(
+    create_app(config), host=config.host, port=config.port, log_level=config.log_level, access_log=config.access_log
+  )

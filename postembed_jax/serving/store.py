@@ -18,8 +18,8 @@ import sqlite3
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Iterator, Sequence
 
 import numpy as np
 
@@ -110,8 +110,10 @@ class PostStore:
       self._set_meta("model", model)
       self._set_meta("dim", str(dim))
     elif self.model != (model, dim):
-      raise ValueError(f"{self.path} holds embeddings of model {self.model[0]!r} (dim {self.model[1]}), not "
-                       f"{model!r} (dim {dim}); give this model its own db_path and index_path.")
+      raise ValueError(
+        f"{self.path} holds embeddings of model {self.model[0]!r} (dim {self.model[1]}), not "
+        f"{model!r} (dim {dim}); give this model its own db_path and index_path."
+      )
 
   def submit(self, posts: Sequence[Post], *, max_queue: int) -> list[str]:
     """Stores posts in one transaction; per post "created", "updated" (text changed: re-embed) or "unchanged".
@@ -131,10 +133,11 @@ class PostStore:
         joining += row is None or not row[2]
         self._seq += 1
         db.execute(
-            "INSERT INTO posts (id, text, timestamp, submitted_at, seq, pending) VALUES (?, ?, ?, ?, ?, 1) "
-            "ON CONFLICT (id) DO UPDATE SET text = excluded.text, timestamp = excluded.timestamp, "
-            "submitted_at = excluded.submitted_at, seq = excluded.seq, pending = 1",
-            (post.id, post.text, post.timestamp, now, self._seq))
+          "INSERT INTO posts (id, text, timestamp, submitted_at, seq, pending) VALUES (?, ?, ?, ?, ?, 1) "
+          "ON CONFLICT (id) DO UPDATE SET text = excluded.text, timestamp = excluded.timestamp, "
+          "submitted_at = excluded.submitted_at, seq = excluded.seq, pending = 1",
+          (post.id, post.text, post.timestamp, now, self._seq),
+        )
         statuses.append("created" if row is None else "updated")
       depth = self._queue_depth(db) if joining else 0
       if depth > max_queue:  # raising rolls the whole request back
@@ -144,8 +147,9 @@ class PostStore:
   def next_batch(self, limit: int) -> list[QueuedPost]:
     """The oldest queued posts, at most ``limit``."""
     with self._lock:
-      rows = self._db.execute("SELECT key, id, text, seq, submitted_at FROM posts WHERE pending = 1 "
-                              "ORDER BY seq LIMIT ?", (limit,)).fetchall()
+      rows = self._db.execute(
+        "SELECT key, id, text, seq, submitted_at FROM posts WHERE pending = 1 ORDER BY seq LIMIT ?", (limit,)
+      ).fetchall()
     return [QueuedPost(*r) for r in rows]
 
   def save_embeddings(self, posts: Sequence[QueuedPost], vectors: np.ndarray) -> np.ndarray:
@@ -160,8 +164,10 @@ class PostStore:
     with self._transaction() as db:
       seq = self._embed_seq
       for i, (post, vector) in enumerate(zip(posts, vectors)):
-        cursor = db.execute("UPDATE posts SET embedding = ?, embedded_at = ?, embed_seq = ?, pending = 0 "
-                            "WHERE key = ? AND seq = ?", (vector.tobytes(), now, seq + 1, post.key, post.seq))
+        cursor = db.execute(
+          "UPDATE posts SET embedding = ?, embedded_at = ?, embed_seq = ?, pending = 0 WHERE key = ? AND seq = ?",
+          (vector.tobytes(), now, seq + 1, post.key, post.seq),
+        )
         if cursor.rowcount:
           seq += 1
           stored[i] = True
@@ -171,24 +177,39 @@ class PostStore:
   def get(self, post_id: str) -> dict | None:
     """A post with its latest stored embedding (which, while ``pending``, belongs to its previous text)."""
     with self._lock:
-      row = self._db.execute("SELECT key, id, text, timestamp, submitted_at, pending, embedding, embedded_at "
-                             "FROM posts WHERE id = ?", (post_id,)).fetchone()
+      row = self._db.execute(
+        "SELECT key, id, text, timestamp, submitted_at, pending, embedding, embedded_at FROM posts WHERE id = ?",
+        (post_id,),
+      ).fetchone()
     if row is None:
       return None
     key, post_id, text, timestamp, submitted_at, pending, blob, embedded_at = row
-    return dict(key=key, id=post_id, text=text, timestamp=timestamp, submitted_at=submitted_at,
-                status="pending" if pending else "embedded", embedded_at=embedded_at,
-                embedding=None if blob is None else np.frombuffer(blob, np.float32))
+    return dict(
+      key=key,
+      id=post_id,
+      text=text,
+      timestamp=timestamp,
+      submitted_at=submitted_at,
+      status="pending" if pending else "embedded",
+      embedded_at=embedded_at,
+      embedding=None if blob is None else np.frombuffer(blob, np.float32),
+    )
 
   def ids(self, keys: Sequence[int]) -> dict[int, str]:
     """Post ids of index keys."""
-    return {key: post_id for key, post_id in self._select_in("SELECT key, id FROM posts WHERE key IN ({})",
-                                                              [int(k) for k in keys])}
+    return {
+      key: post_id
+      for key, post_id in self._select_in("SELECT key, id FROM posts WHERE key IN ({})", [int(k) for k in keys])
+    }
 
   def embeddings(self, post_ids: Sequence[str]) -> tuple[list[int], np.ndarray]:
     """(keys, vectors) of those posts that have an embedding, in the order asked."""
-    rows = dict((post_id, (key, blob)) for post_id, key, blob in self._select_in(
-        "SELECT id, key, embedding FROM posts WHERE embedding IS NOT NULL AND id IN ({})", list(post_ids)))
+    rows = dict(
+      (post_id, (key, blob))
+      for post_id, key, blob in self._select_in(
+        "SELECT id, key, embedding FROM posts WHERE embedding IS NOT NULL AND id IN ({})", list(post_ids)
+      )
+    )
     found = [rows[i] for i in dict.fromkeys(post_ids) if i in rows]
     vectors = np.stack([np.frombuffer(blob, np.float32) for _, blob in found]) if found else None
     return [key for key, _ in found], vectors
@@ -197,8 +218,10 @@ class PostStore:
     """(keys, vectors) chunks of the embeddings stored after ``embed_seq``, oldest first."""
     while True:
       with self._lock:
-        rows = self._db.execute("SELECT key, embedding, embed_seq FROM posts WHERE embed_seq > ? "
-                                "ORDER BY embed_seq LIMIT ?", (embed_seq, chunk)).fetchall()
+        rows = self._db.execute(
+          "SELECT key, embedding, embed_seq FROM posts WHERE embed_seq > ? ORDER BY embed_seq LIMIT ?",
+          (embed_seq, chunk),
+        ).fetchall()
       if not rows:
         return
       embed_seq = rows[-1][2]
@@ -232,7 +255,7 @@ class PostStore:
     out = []
     with self._lock:
       for start in range(0, len(values), chunk):
-        part = values[start: start + chunk]
+        part = values[start : start + chunk]
         out += self._db.execute(sql.format(",".join("?" * len(part))), part).fetchall()
     return out
 

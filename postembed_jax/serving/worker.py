@@ -27,9 +27,19 @@ _MAX_BACKOFF_S = 30.0
 class EmbedWorker:
   """Owns the embed -> store -> index path; ``embed_lock`` serialises the Embedder with query embedding."""
 
-  def __init__(self, store: PostStore, index: PostIndex, embedder, *, embed_lock: threading.Lock,
-               metrics: ServiceMetrics, max_batch: int, max_wait_s: float, index_path: str | Path,
-               index_save_every_s: float):
+  def __init__(
+    self,
+    store: PostStore,
+    index: PostIndex,
+    embedder,
+    *,
+    embed_lock: threading.Lock,
+    metrics: ServiceMetrics,
+    max_batch: int,
+    max_wait_s: float,
+    index_path: str | Path,
+    index_save_every_s: float,
+  ):
     self._store, self._index, self._embedder = store, index, embedder
     self._embed_lock, self._metrics = embed_lock, metrics
     self.max_batch, self.max_wait_s = max_batch, max_wait_s

@@ -27,8 +27,9 @@ def test_hand_built_retrieval_case():
   np.testing.assert_allclose(metrics.recall_at_k(relevance, scores, 3), [1.0, 1.0])
   np.testing.assert_allclose(metrics.reciprocal_rank(relevance, scores), [1.0, 1 / 3])
   # nDCG@10 of query 0: DCG = 1/log2(2) + 1/log2(4) = 1.5; ideal = 1 + 1/log2(3).
-  np.testing.assert_allclose(metrics.ndcg_at_k(relevance, scores, 10),
-                             [1.5 / (1 + 1 / np.log2(3)), (1 / np.log2(4)) / 1.0])
+  np.testing.assert_allclose(
+    metrics.ndcg_at_k(relevance, scores, 10), [1.5 / (1 + 1 / np.log2(3)), (1 / np.log2(4)) / 1.0]
+  )
 
 
 def test_ties_count_against_the_model():
@@ -56,6 +57,7 @@ def test_map_skips_labels_without_positives():
 
 def test_average_precision_per_label_equals_scikit_learn_with_ties():
   from sklearn.metrics import average_precision_score
+
   rng = np.random.default_rng(0)
   truth = (rng.random((300, 40)) < 0.1).astype(int)
   scores = np.round(rng.random((300, 40)) + 0.3 * truth, 1)  # rounding makes many ties
@@ -67,6 +69,7 @@ def test_average_precision_per_label_equals_scikit_learn_with_ties():
 
 def test_weighted_average_precision_equals_scikit_learn_sample_weight():
   from sklearn.metrics import average_precision_score
+
   rng = np.random.default_rng(1)
   truth = (rng.random((200, 10)) < 0.2).astype(int)
   scores = np.round(rng.random((200, 10)) + 0.3 * truth, 1)

@@ -20,7 +20,9 @@ def _write_jsonl(path, texts):
 
 def test_embed_file_matches_sentence_transformers(tmp_path, default_embedder, parity_texts):
   from sentence_transformers import SentenceTransformer
+
   from postembed_jax.models import hf_io
+
   posts = tmp_path / "posts.jsonl"
   _write_jsonl(posts, parity_texts)
   out = tmp_path / "emb.parquet"
@@ -42,14 +44,17 @@ def test_plain_text_ids_are_line_numbers(tmp_path):
   assert list(batch_embed.read_posts(path)) == [(1, "first post"), (2, "second post"), (3, ""), (4, "fourth")]
 
 
-@pytest.mark.parametrize("line,message", [
+@pytest.mark.parametrize(
+  "line,message",
+  [
     (b'{"id": 1, "text": "ok"', "posts.jsonl:2: bad JSON"),
     (b'{"id": 1}', "posts.jsonl:2: missing field 'text'"),
     (b'{"text": "no id"}', "posts.jsonl:2: missing field 'id'"),
     (b'{"id": 1, "text": 5}', "posts.jsonl:2: field 'text' must be a string"),
     (b'["a", "b"]', "posts.jsonl:2: expected a JSON object"),
     (b'{"id": 1, "text": "caf\xe9"}', "posts.jsonl:2: invalid UTF-8"),
-])
+  ],
+)
 def test_bad_line_is_named(tmp_path, line, message):
   path = tmp_path / "posts.jsonl"
   path.write_bytes(b'{"id": 0, "text": "fine"}\n' + line + b"\n")
@@ -88,8 +93,15 @@ def test_launch_embed_cli(tmp_path):
   _write_jsonl(posts, ["Debian package manager front-end", "image editor"])
   posts.write_text(posts.read_text() + "not json\n")
   out = tmp_path / "emb.parquet"
-  cmd = [sys.executable, "launch/embed.py", "--config", "configs/embed.py", f"--config.input={posts}",
-         f"--config.output={out}", "--config.max_length=32"]
+  cmd = [
+    sys.executable,
+    "launch/embed.py",
+    "--config",
+    "configs/embed.py",
+    f"--config.input={posts}",
+    f"--config.output={out}",
+    "--config.max_length=32",
+  ]
   failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
   assert failed.returncode != 0 and "posts.jsonl:3: bad JSON" in failed.stderr and not out.exists()
   ok = subprocess.run(cmd + ["--config.skip_bad_lines=True"], cwd=REPO, capture_output=True, text=True)

@@ -28,7 +28,7 @@ def test_search_returns_nearest_with_cosine_scores(exact):
     assert keys[0] == query and scores[0] == pytest.approx(1.0, abs=1e-5)
     np.testing.assert_allclose(scores, vectors[keys.astype(int)] @ vectors[query], atol=1e-5)
     assert np.all(np.diff(scores) <= 1e-6)
-  (keys, _), = index.search(vectors[3], 5, exact=exact)  # one query, unbatched
+  ((keys, _),) = index.search(vectors[3], 5, exact=exact)  # one query, unbatched
   assert keys[0] == 3 and len(keys) == 5
 
 
@@ -38,7 +38,7 @@ def test_adding_a_present_key_replaces_its_vector():
   index.add([1, 2, 3], vectors)
   index.add([2], vectors[:1])
   assert len(index) == 3
-  (keys, scores), = index.search(vectors[0], 3)
+  ((keys, scores),) = index.search(vectors[0], 3)
   assert sorted(keys[:2].tolist()) == [1, 2] and scores[1] == pytest.approx(1.0, abs=1e-5)
   with pytest.raises(ValueError, match="same key twice"):
     index.add([5, 5], vectors[:2])
@@ -48,7 +48,7 @@ def test_small_and_empty_indexes():
   index = PostIndex(DIM)
   assert [len(k) for k, _ in index.search(_unit(2), 4)] == [0, 0]
   index.add([7], _unit(1))
-  (keys, _), = index.search(_unit(1, seed=1), 4)
+  ((keys, _),) = index.search(_unit(1, seed=1), 4)
   assert keys.tolist() == [7]
 
 

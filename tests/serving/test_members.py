@@ -32,8 +32,9 @@ def test_one_cluster_is_the_mean_embedding_and_clusters_never_exceed_posts():
     members.interest_clusters(vectors[:0])
 
 
-@pytest.mark.parametrize("sizes,k,shares", [([7, 5, 3], 10, [5, 3, 2]), ([1, 1], 3, [2, 1]), ([9, 1], 5, [5, 0]),
-                                            ([3], 4, [4])])
+@pytest.mark.parametrize(
+  "sizes,k,shares", [([7, 5, 3], 10, [5, 3, 2]), ([1, 1], 3, [2, 1]), ([9, 1], 5, [5, 0]), ([3], 4, [4])]
+)
 def test_feed_shares_are_proportional_and_sum_to_k(sizes, k, shares):
   assert members.feed_shares(sizes, k).tolist() == shares
 
@@ -60,33 +61,3 @@ def test_retrieve_fills_slots_an_interest_cannot_fill():
   interests = members.interest_clusters(corpus[[0, 3]], max_clusters=2)
   hits = members.retrieve(index, interests, 11, exclude=[0, 3])
   assert sorted(h.key for h in hits) == sorted(set(range(13)) - {0, 3})
-
-
-def test_simulated_members_engage_with_their_tags(debian_posts):
-  texts, tags = debian_posts
-  sims = members.simulate_members(tags, 30, seed=3)
-  assert len(sims) == 30
-  for m in sims:
-    assert 2 <= len(m.tags) <= 4
-    assert not set(m.engaged) & set(m.held_out) and len(m.held_out) >= 1 and len(m.engaged) >= 1
-    assert all(tags[i] & set(m.tags) for i in np.concatenate([m.engaged, m.held_out]))
-  again = members.simulate_members(tags, 30, seed=3)
-  assert all(a.tags == b.tags and np.array_equal(a.held_out, b.held_out) for a, b in zip(sims, again))
-  with pytest.raises(ValueError, match="debtags have between"):
-    members.simulate_members(tags[:10], 5)
-
-
-def test_evaluation_on_real_embeddings(debian_posts, post_vectors):
-  texts, tags = debian_posts
-  sims = members.simulate_members(tags, 40, seed=0)
-  report = members.evaluate_members(post_vectors, tags, sims, ks=(10, 50), cluster_counts=(1, 3))
-  for metric in ("recall", "interest_precision"):
-    for c in ("max_clusters=1", "max_clusters=3"):
-      for k in ("@10", "@50"):
-        assert 0.0 <= report[metric][c][k]["mean"] <= 1.0
-    row = report[metric]["max_clusters=3"]["@50"]
-    assert row["vs_mean"] == pytest.approx(row["mean"] - report[metric]["max_clusters=1"]["@50"]["mean"])
-  # Real embeddings carry the interest: far above the tag base rate, and recall grows with k.
-  base_rate = np.mean([np.mean([bool(t & set(m.tags)) for t in tags]) for m in sims])
-  assert report["interest_precision"]["max_clusters=3"]["@10"]["mean"] > 2 * base_rate
-  assert report["recall"]["max_clusters=3"]["@50"]["mean"] > report["recall"]["max_clusters=3"]["@10"]["mean"]

@@ -26,11 +26,24 @@ class ServiceProcess:
     self.log = []
     self._port = threading.Event()
     self.proc = subprocess.Popen(
-        [sys.executable, "launch/serve.py", "--config", "configs/serve.py:tiny", "--config.port=0",
-         "--config.max_length=128", f"--config.db_path={tmp_path / 'posts.sqlite3'}",
-         f"--config.index_path={tmp_path / 'posts.usearch'}",
-         "--config.warmup=True", f"--config.compilation_cache_dir={tmp_path / 'jax_cache'}", *flags],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      [
+        sys.executable,
+        "launch/serve.py",
+        "--config",
+        "configs/serve.py:tiny",
+        "--config.port=0",
+        "--config.max_length=128",
+        f"--config.db_path={tmp_path / 'posts.sqlite3'}",
+        f"--config.index_path={tmp_path / 'posts.usearch'}",
+        "--config.warmup=True",
+        f"--config.compilation_cache_dir={tmp_path / 'jax_cache'}",
+        *flags,
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
     threading.Thread(target=self._read_log, daemon=True).start()
     if not self._port.wait(_STARTUP_TIMEOUT_S):
       self.kill()
@@ -76,8 +89,9 @@ def _stream(client, texts, acked, sent, stop, errors):
         bad = client.post("/posts", json=dict(id="bad", text=123))
         if bad.status_code != 422:
           errors.append(f"malformed request got {bad.status_code}")
-      r = (client.post("/posts/batch", json=dict(posts=posts)) if len(posts) > 1 else
-           client.post("/posts", json=posts[0]))
+      r = (
+        client.post("/posts/batch", json=dict(posts=posts)) if len(posts) > 1 else client.post("/posts", json=posts[0])
+      )
     except httpx.TransportError:
       return  # the service was killed mid-request: not acknowledged
     if r.status_code == 202:
@@ -98,8 +112,9 @@ def test_sigkill_while_streaming_loses_no_acknowledged_post(tmp_path, debian_pos
     streamer = threading.Thread(target=_stream, args=(first.client, texts, acked, sent, stop, errors))
     streamer.start()
     deadline = time.monotonic() + 120
-    while (len(acked) < 100 or first.client.get("/metrics").json()["posts_embedded"] < 10) and \
-        time.monotonic() < deadline:
+    while (
+      len(acked) < 100 or first.client.get("/metrics").json()["posts_embedded"] < 10
+    ) and time.monotonic() < deadline:
       time.sleep(0.1)
     queued_at_kill = first.client.get("/metrics").json()["queue_depth"]
     first.kill()  # SIGKILL: no shutdown, no index save, requests in flight are cut
@@ -125,7 +140,7 @@ def test_sigkill_while_streaming_loses_no_acknowledged_post(tmp_path, debian_pos
       post = stored[post_id]
       assert post["status"] == "embedded"
       # The last acknowledged text, or one sent after it whose answer the kill cut off.
-      assert post["text"] in sent[post_id][sent[post_id].index(text):]
+      assert post["text"] in sent[post_id][sent[post_id].index(text) :]
     ids = list(acked)
     expected = default_embedder.embed([stored[i]["text"] for i in ids])
     got = np.array([stored[i]["embedding"] for i in ids], np.float32)

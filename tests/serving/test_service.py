@@ -76,8 +76,9 @@ def test_back_pressure_answers_429_and_stores_nothing(make_client, debian_posts)
   client = make_client(max_queue=3)
   nearline = client.app.state.nearline
   with nearline._embed_lock:  # the worker is stuck: the queue fills up
-    statuses = [client.post("/posts", json=dict(id=f"q{i}", text=t)).status_code
-                for i, t in enumerate(debian_posts[0][:3])]
+    statuses = [
+      client.post("/posts", json=dict(id=f"q{i}", text=t)).status_code for i, t in enumerate(debian_posts[0][:3])
+    ]
     assert statuses == [202] * 3
     r = client.post("/posts/batch", json=dict(posts=[dict(id="q9", text="one"), dict(id="q0", text="edit")]))
     assert r.status_code == 429
@@ -90,7 +91,9 @@ def test_back_pressure_answers_429_and_stores_nothing(make_client, debian_posts)
   assert client.get("/metrics").json()["requests_rejected_busy"] == 1
 
 
-@pytest.mark.parametrize("path,body,message", [
+@pytest.mark.parametrize(
+  "path,body,message",
+  [
     ("/posts", dict(id="a"), "Field required"),
     ("/posts", dict(id="a", text=""), "at least 1 character"),
     ("/posts", dict(id="a", text="x" * 5001), "at most 5000 characters"),
@@ -106,7 +109,8 @@ def test_back_pressure_answers_429_and_stores_nothing(make_client, debian_posts)
     ("/search", dict(text="x", k=0), "greater than or equal to 1"),
     ("/search", dict(vector=[1.0, 2.0]), "'vector' has 2 numbers"),
     ("/members/feed", dict(engaged="a"), "valid list"),
-])
+  ],
+)
 def test_malformed_requests_get_a_clear_4xx_and_leave_the_worker_alone(make_client, path, body, message):
   client = make_client(max_text_chars=5000, max_request_posts=4)
   r = client.post(path, json=body)
@@ -157,6 +161,7 @@ def test_restart_keeps_posts_and_index(serve_config, default_embedder, debian_po
 def test_serves_an_exported_model(tmp_path, serve_config, debian_posts):
   """The service loads our export format (here: the base model plus a fresh 64-d projection) from config.model."""
   from postembed_jax.models import hf_io
+
   model, tokenizer, settings = hf_io.load_pretrained("all-MiniLM-L6-v2", embed_dim=64)
   export = hf_io.export_model(model, tokenizer, settings, tmp_path / "export")
   with TestClient(create_app(serve_config(model=str(export)))) as client:

@@ -9,10 +9,18 @@ from postembed_jax.serving.metrics import ServiceMetrics
 from postembed_jax.serving.store import Post, PostStore
 from postembed_jax.serving.worker import EmbedWorker
 
-TEXTS = ["A photo viewer for the GNOME desktop.", "Library for reading PNG images.", "Chess engine with a GUI.",
-         "Command-line audio converter.", "Spell checker dictionaries.", "Terminal emulator for X11.",
-         "Fonts for mathematical typesetting.", "Network packet analyzer.", "Python bindings for SQLite.",
-         "Tool to partition disks."]
+TEXTS = [
+  "A photo viewer for the GNOME desktop.",
+  "Library for reading PNG images.",
+  "Chess engine with a GUI.",
+  "Command-line audio converter.",
+  "Spell checker dictionaries.",
+  "Terminal emulator for X11.",
+  "Fonts for mathematical typesetting.",
+  "Network packet analyzer.",
+  "Python bindings for SQLite.",
+  "Tool to partition disks.",
+]
 
 
 class RecordingEmbedder:
@@ -40,8 +48,17 @@ def service_parts(tmp_path, default_embedder):
     index = open_index(tmp_path / "posts.usearch", store)
     embedder = RecordingEmbedder(default_embedder, fail_first)
     metrics = ServiceMetrics()
-    worker = EmbedWorker(store, index, embedder, embed_lock=threading.Lock(), metrics=metrics, max_batch=max_batch,
-                         max_wait_s=max_wait_s, index_path=tmp_path / "posts.usearch", index_save_every_s=3600)
+    worker = EmbedWorker(
+      store,
+      index,
+      embedder,
+      embed_lock=threading.Lock(),
+      metrics=metrics,
+      max_batch=max_batch,
+      max_wait_s=max_wait_s,
+      index_path=tmp_path / "posts.usearch",
+      index_save_every_s=3600,
+    )
     worker.start()
     made.append((worker, store))
     return store, index, worker, embedder, metrics
@@ -76,9 +93,9 @@ def test_backlog_is_embedded_in_full_batches_with_the_right_vectors(service_part
   _wait_until_embedded(store, worker)
   assert embedder.batches == [4, 4, 2]
   expected = default_embedder.embed(TEXTS)
-  for i, text in enumerate(TEXTS):
+  for i in range(len(TEXTS)):
     np.testing.assert_allclose(store.get(str(i))["embedding"], expected[i], atol=1e-4)
-  (keys, scores), = index.search(expected[2], 1)
+  ((keys, scores),) = index.search(expected[2], 1)
   assert store.ids(keys) == {int(keys[0]): "2"} and scores[0] == pytest.approx(1.0, abs=1e-4)
   snapshot = metrics.snapshot()
   assert snapshot["posts_embedded"] == 10 and snapshot["submit_to_searchable_seconds"]["count"] == 10
@@ -106,7 +123,7 @@ def test_an_edit_replaces_the_embedding_in_store_and_index(service_parts, defaul
   new = default_embedder.embed([TEXTS[5]])[0]
   np.testing.assert_allclose(store.get("a")["embedding"], new, atol=1e-4)
   assert len(index) == 2
-  (keys, _), = index.search(new, 2)
+  ((keys, _),) = index.search(new, 2)
   assert [store.ids(keys)[int(k)] for k in keys] == ["a", "b"]
 
 

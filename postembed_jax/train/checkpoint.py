@@ -23,32 +23,47 @@ from orbax.checkpoint import checkpoint_managers as policies
 def make_manager(workdir: str | Path, checkpoint_config) -> ocp.CheckpointManager:
   best_metric = checkpoint_config.best_metric
   options = ocp.CheckpointManagerOptions(
-      save_interval_steps=checkpoint_config.every_steps,
-      preservation_policy=policies.AnyPreservationPolicy([
-          policies.LatestN(checkpoint_config.keep),
-          policies.BestN(get_metric_fn=lambda metrics: metrics[best_metric], n=1,
-                         keep_checkpoints_without_metrics=False),
-      ]),
-      enable_async_checkpointing=checkpoint_config.async_save,
-      create=True,
+    save_interval_steps=checkpoint_config.every_steps,
+    preservation_policy=policies.AnyPreservationPolicy(
+      [
+        policies.LatestN(checkpoint_config.keep),
+        policies.BestN(get_metric_fn=lambda metrics: metrics[best_metric], n=1, keep_checkpoints_without_metrics=False),
+      ]
+    ),
+    enable_async_checkpointing=checkpoint_config.async_save,
+    create=True,
   )
   return ocp.CheckpointManager(Path(workdir).absolute() / "checkpoints", options=options)
 
 
-def save(manager: ocp.CheckpointManager, step: int, train_state: dict[str, Any], data_state: dict[str, Any],
-         meta: dict[str, Any], *, metrics: dict[str, float] | None = None, force: bool = False) -> bool:
+def save(
+  manager: ocp.CheckpointManager,
+  step: int,
+  train_state: dict[str, Any],
+  data_state: dict[str, Any],
+  meta: dict[str, Any],
+  *,
+  metrics: dict[str, float] | None = None,
+  force: bool = False,
+) -> bool:
   return manager.save(
-      step,
-      args=ocp.args.Composite(state=ocp.args.StandardSave(train_state), data=ocp.args.JsonSave(data_state),
-                              meta=ocp.args.JsonSave(meta)),
-      metrics=metrics, force=force)
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardSave(train_state), data=ocp.args.JsonSave(data_state), meta=ocp.args.JsonSave(meta)
+    ),
+    metrics=metrics,
+    force=force,
+  )
 
 
 def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
   """Restores into ``abstract_state``'s shardings, whatever mesh wrote the checkpoint."""
   restored = manager.restore(
-      step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(),
-                                    meta=ocp.args.JsonRestore()))
+    step,
+    args=ocp.args.Composite(
+      state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore(), meta=ocp.args.JsonRestore()
+    ),
+  )
   return restored["state"], restored["data"], restored["meta"]
 
 
@@ -65,6 +80,9 @@ def restore_tower(checkpoint_dir: str | Path, abstract_tower: Any) -> Any:
     path = path / str(steps[-1])
   item = {"params": {"tower": abstract_tower}}
   restored = ocp.PyTreeCheckpointer().restore(
-      path / "state", args=ocp.args.PyTreeRestore(
-          item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True))
+    path / "state",
+    args=ocp.args.PyTreeRestore(
+      item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item), partial_restore=True
+    ),
+  )
   return restored["params"]["tower"]

@@ -3,12 +3,11 @@
 import ml_collections
 from ml_collections import config_dict
 
-from postembed_jax.data import pipeline
+from postembed_jax.data import config as data_config_lib
 from postembed_jax.data import tasks as tasks_lib
+from postembed_jax.data.tasks import PAIR_TASKS, TRAINABLE_TASKS  # noqa: F401 (configs read both from here)
+from postembed_jax.models import hf_io
 from postembed_jax.train import sharding
-
-TRAINABLE_TASKS = tuple(n for n, t in tasks_lib.TASKS.items() if not t.zero_shot)
-PAIR_TASKS = tuple(n for n in TRAINABLE_TASKS if tasks_lib.TASKS[n].kind == "pair")
 
 
 def _default_loss(name: str) -> str:
@@ -21,8 +20,15 @@ def _default_loss(name: str) -> str:
 def training_config(tasks: str) -> ml_collections.ConfigDict:
   """The full training config for the given comma-separated tasks; every field can be overridden."""
   c = ml_collections.ConfigDict()
-  c.model = "all-MiniLM-L6-v2"  # short name, HF directory, or an export of ours
+  c.model = hf_io.DEFAULT_MODEL  # short name, HF directory, or an export of ours
   c.embed_dim = 50  # the paper's width; None keeps the encoder width
+  # random | pca: start the projection from a PCA of the pretrained tower's pooled outputs of training posts,
+  # so that step 0 is the base model reduced to embed_dim
+  c.projection_init = "random"
+  c.projection_init_texts = 2000  # distinct training posts the PCA is fitted on
+  # Matryoshka loss: comma-separated nested widths ("16,32"), each pair loss averaged over them; the full width is
+  # always one. "" is off. Truncate an export at evaluation with the model name "dim16:<model>".
+  c.matryoshka_dims = ""
   c.pooling = "mean"
   c.normalize = True
   c.dtype = "float32"  # compute dtype; parameters stay float32
@@ -30,10 +36,13 @@ def training_config(tasks: str) -> ml_collections.ConfigDict:
   c.total_steps = 600
   c.init_checkpoint = config_dict.placeholder(str)  # see docs/training.md, "Where a run starts from"
 
-  c.data = pipeline.default_data_config()
+  c.data = data_config_lib.default_data_config()
   c.data.tasks = tasks
   c.task_losses = {name: _default_loss(name) for name in TRAINABLE_TASKS}  # per task: bce|infonce|softmax|sigmoid
   c.loss_weights = {name: 1.0 for name in TRAINABLE_TASKS}
+  # data.task_mixing='all_tasks_per_step': how task losses are weighted in the one update of a step (setup.py):
+  # equal | sampling (as data.sampling would draw them) | initial_loss (each divided by its value at the start)
+  c.task_weighting = "equal"
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-4
@@ -67,6 +76,10 @@ def training_config(tasks: str) -> ml_collections.ConfigDict:
   c.log_every_steps = 10
   c.compilation_cache_dir = "~/.cache/postembed_jax/jax_cache"  # "" turns JAX's persistent cache off
   c.export = True
+  c.export_checkpoint = "best"  # "best" (by checkpoint.best_metric) or "last"; see train/loop.py
+  c.early_stopping = ml_collections.ConfigDict()
+  c.early_stopping.patience = 0  # > 0: stop after that many evaluations without improvement (total_steps caps)
+  c.early_stopping.min_delta = 0.0
   return c
 
 

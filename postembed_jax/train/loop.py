@@ -1,43 +1,44 @@
 """The training loop: config + workdir in; checkpoints, metrics, an export and final validation metrics out.
 
-``train_and_evaluate`` is the single entry point for launch/train.py, the ablation runner and notebooks.
+``train_and_evaluate`` is the single entry point for launch/train.py, the ablation runner and notebooks. The
+trainer it runs (model, data, sharded state, steps) comes from ``postembed_jax.train.setup.build``; resuming,
+validation, metrics, checkpoints and the export are the loop's.
+
+Each run goes to its best: validation every ``eval.every_steps`` tracks the best value of
+``checkpoint.best_metric``; with ``early_stopping.patience`` > 0 the run stops after that many evaluations without
+an improvement of at least ``early_stopping.min_delta``. With ``export_checkpoint = "best"`` the export is written
+whenever validation reaches a new best, so it holds the best evaluated parameters (and survives any later crash);
+with ``"last"`` it is written once, at the end. The tracker lives in each checkpoint's metadata, so a resumed
+run counts on, and a run that stopped early stays stopped.
+
+Where a run starts from, first match wins:
+  1. the latest checkpoint in ``<workdir>/checkpoints``: an exact resume (parameters, optimizer state, step and
+     data iterator position), onto the same or a different mesh;
+  2. ``config.init_checkpoint``: the tower of another run's checkpoint, with fresh heads and optimizer at step 0;
+  3. the pretrained model ``config.model``.
 """
 
 from __future__ import annotations
 
-import functools
+import dataclasses
 import json
+import math
 import signal
 import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
-from postembed_jax import compilation_cache
-from postembed_jax.ablation.affinity import lookahead_affinity
-from postembed_jax.data import pipeline
 from postembed_jax.evaluation import evaluators
+from postembed_jax.models import heads as heads_lib
 from postembed_jax.models import hf_io
-from postembed_jax.models.encoder import EncoderConfig
-from postembed_jax.serving.embedder import Embedder
-from postembed_jax.train import checkpoint, sharding
-from postembed_jax.train import state as state_lib
-from postembed_jax.train import step as step_lib
+from postembed_jax.models.embedder import Embedder
+from postembed_jax.train import checkpoint, setup
+from postembed_jax.train.affinity import AffinityProbe
 from postembed_jax.train.metrics_writer import MetricsWriter
-
-
-def maybe_initialize_distributed(distributed_config) -> None:
-  """Multi-host: join the other processes before any JAX computation (no-op for a single process)."""
-  if distributed_config.num_processes > 1 and not jax.distributed.is_initialized():
-    if not distributed_config.coordinator_address:
-      raise ValueError("config.distributed.num_processes > 1 needs config.distributed.coordinator_address.")
-    jax.distributed.initialize(coordinator_address=distributed_config.coordinator_address,
-                               num_processes=distributed_config.num_processes,
-                               process_id=distributed_config.process_id)
 
 
 class _StopSignal:
@@ -54,6 +55,48 @@ class _StopSignal:
     signal.signal(signal.SIGTERM, self._previous)
 
 
+@dataclasses.dataclass
+class BestTracker:
+  """The best validation value so far and where it was (ties go to the later step, as the checkpoint manager's
+  best-checkpoint policy keeps it), and how many evaluations have passed without an improvement of at least
+  ``min_delta`` over the value that last reset the count: the patience counter."""
+
+  metric: str
+  patience: int = 0  # 0: never stop early
+  min_delta: float = 0.0
+  best: float = -math.inf
+  best_step: int = -1
+  best_metrics: dict = dataclasses.field(default_factory=dict)
+  reference: float = -math.inf
+  since_best: int = 0
+  stopped: bool = False
+
+  def update(self, step: int, metrics: dict[str, float]) -> bool:
+    """Records one evaluation; True when the run should stop now."""
+    value = metrics.get(self.metric, math.nan)
+    if not math.isfinite(value):
+      raise ValueError(
+        f"checkpoint.best_metric={self.metric!r} is missing from the validation metrics or not "
+        f"finite ({value}); early stopping and the best export need it. Validation has: "
+        f"{sorted(metrics)}."
+      )
+    if value >= self.best:
+      self.best, self.best_step, self.best_metrics = value, step, dict(metrics)
+    if value > self.reference + self.min_delta:
+      self.reference, self.since_best = value, 0
+    else:
+      self.since_best += 1
+    self.stopped = bool(self.patience) and self.since_best >= self.patience
+    return self.stopped
+
+  def state(self) -> dict:
+    return {k: v for k, v in dataclasses.asdict(self).items() if k not in ("metric", "patience", "min_delta")}
+
+  def load(self, state: dict) -> None:
+    for k, v in state.items():
+      setattr(self, k, v)
+
+
 def mean_pair_auc(metrics: dict[str, float]) -> float:
   values = [v for k, v in metrics.items() if k.endswith("/pair_auc")]
   return float(np.mean(values)) if values else float("nan")
@@ -65,114 +108,70 @@ class Validator:
   def __init__(self, config, tower, tokenizer):
     self.config = config
     self.names = evaluators.check_names(config.eval.evaluators)
-    self.embedder = Embedder(tower, tokenizer, max_length=config.data.max_length,
-                             batch_size=config.eval.batch_size, name="training")
+    self.embedder = Embedder(
+      tower, tokenizer, max_length=config.data.max_length, batch_size=config.eval.batch_size, name="training"
+    )
     self.settings = evaluators.EvalSettings(max_examples=config.eval.max_examples)
 
   def __call__(self, tower_params) -> dict[str, float]:
     self.embedder.set_params(tower_params)
-    results = evaluators.evaluate(self.embedder, self.names, split="validation", data_config=self.config.data,
-                                  settings=self.settings)
+    results = evaluators.evaluate(
+      self.embedder, self.names, split="validation", data_config=self.config.data, settings=self.settings
+    )
     metrics = {f"val/{k}": v for k, v in results.items()}
     metrics["val/mean_pair_auc"] = mean_pair_auc(results)
     return metrics
-
-
-class AffinityProbe:
-  """Lookahead inter-task affinity on fixed probe batches (the first batch of each task the run draws), so the
-  matrix compiles once and its changes over training come from the parameters alone. The lookahead steps move the
-  shared tower only (head gradients zeroed), with SGD at ``optim.lr``, as in Fifty et al. (2021)."""
-
-  def __init__(self, graphdef, task_names: list[str], pair_tasks: list[str], lr: float):
-    self.task_names = task_names
-    self.batches: dict[str, dict] = {}
-
-    def task_loss(task, params, batch):
-      key = step_lib.PAIRS if task in pair_tasks else task
-      return step_lib.model_loss(graphdef, params, batch, key=key, pair_tasks=pair_tasks, loss_weights={},
-                                 rngs=None)[1][0]
-
-    loss_fns = [functools.partial(task_loss, task) for task in task_names]
-
-    def tower_only(grad):
-      return jax.tree_util.tree_map_with_path(
-          lambda path, g: g if path[0].key == "tower" else jnp.zeros_like(g), grad)
-
-    def affinity(params, batches):
-      grads = [tower_only(jax.grad(loss)(params, batch)) for loss, batch in zip(loss_fns, batches)]
-      return lookahead_affinity(loss_fns, params, batches, lr, grads)
-
-    self._affinity = jax.jit(affinity)
-
-  def observe(self, task: str, batch: dict) -> None:
-    self.batches.setdefault(task, batch)
-
-  @property
-  def ready(self) -> bool:
-    return len(self.batches) == len(self.task_names)
-
-  def __call__(self, params) -> np.ndarray:
-    return np.asarray(self._affinity(params, tuple(self.batches[t] for t in self.task_names)))
 
 
 def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   """Trains (resuming from ``workdir`` when it holds checkpoints), exports, returns final validation metrics."""
   workdir = Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
-  maybe_initialize_distributed(config.distributed)
-  compilation_cache.enable(config.compilation_cache_dir)
+  setup.maybe_initialize_distributed(config.distributed)
   is_main = jax.process_index() == 0
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  if config.dtype not in state_lib.DTYPES:
-    raise ValueError(f"config.dtype={config.dtype!r}; choose one of {sorted(state_lib.DTYPES)}.")
-
-  mesh = sharding.make_mesh(config.mesh)
-  rules = tuple(tuple(r) for r in config.sharding_rules)
-  model_dir = hf_io.resolve_model_dir(config.model)
-  cfg = EncoderConfig.from_hf_config(hf_io.read_hf_config(model_dir))
-  tokenizer = hf_io.load_tokenizer(model_dir)
-  train_iter = pipeline.make_train_iterator(config.data, tokenizer, seed=config.seed,
-                                            process_index=jax.process_index(), process_count=jax.process_count())
-  infos = state_lib.task_infos(config, train_iter.label_names, train_iter.task_names)
-
-  graphdef, params, param_shardings = state_lib.create_params(config, model_dir, cfg, infos, mesh, rules)
-  tx, train_state, state_shardings = state_lib.init_train_state(config, params, param_shardings, mesh, rules)
+  trainer = setup.build(config, workdir)
+  train_iter, graphdef = trainer.train_iter, trainer.graphdef
 
   manager = checkpoint.make_manager(workdir, config.checkpoint)
+  tracker = BestTracker(
+    config.checkpoint.best_metric, int(config.early_stopping.patience), float(config.early_stopping.min_delta)
+  )
+  if config.export_checkpoint not in EXPORT_CHECKPOINTS:
+    raise ValueError(
+      f"config.export_checkpoint={config.export_checkpoint!r}; choose one of {list(EXPORT_CHECKPOINTS)}."
+    )
   start_step, origin = 0, f"pretrained model {config.model}"
   if manager.latest_step() is not None:
-    abstract = jax.tree.map(_abstract, train_state, state_shardings, is_leaf=_is_variable)
-    train_state, data_state, _ = checkpoint.restore(manager, manager.latest_step(), abstract)
+    abstract = jax.tree.map(_abstract, trainer.state, trainer.state_shardings, is_leaf=_is_variable)
+    trainer.state, data_state, saved_meta = checkpoint.restore(manager, manager.latest_step(), abstract)
     train_iter.set_state(data_state)
-    start_step, origin = int(train_state["step"]), f"{workdir}/checkpoints/{manager.latest_step()}"
+    if saved_meta.get("task_weights"):
+      trainer.task_weights = dict(saved_meta["task_weights"])  # initial_loss weights were measured at step 0
+    tracker.load(saved_meta.get("best", {}))
+    start_step, origin = int(trainer.state["step"]), f"{workdir}/checkpoints/{manager.latest_step()}"
   elif config.init_checkpoint:
-    tower = checkpoint.restore_tower(config.init_checkpoint, train_state["params"]["tower"])
-    train_state["params"]["tower"] = jax.device_put(tower, param_shardings["tower"])
+    tower = checkpoint.restore_tower(config.init_checkpoint, trainer.state["params"]["tower"])
+    trainer.state["params"]["tower"] = jax.device_put(tower, trainer.param_shardings["tower"])
     origin = f"tower of {config.init_checkpoint}"
   if is_main:
-    print(f"Starting at step {start_step} of {config.total_steps} from {origin}; mesh {dict(mesh.shape)}; "
-          f"tasks {train_iter.task_names} with probabilities "
-          f"{ {k: round(v, 3) for k, v in train_iter.probabilities.items()} }.")
+    print(
+      f"Starting at step {start_step} of {config.total_steps} from {origin}; mesh {dict(trainer.mesh.shape)}; "
+      f"tasks {train_iter.task_names} "
+      + (
+        f"all in every step ({trainer.layout} layout, task weighting {config.task_weighting})."
+        if config.data.task_mixing == "all_tasks_per_step"
+        else f"with probabilities { {k: round(v, 3) for k, v in train_iter.probabilities.items()} }."
+      )
+    )
 
-  model = nnx.merge(graphdef, train_state["params"])
-  validator = Validator(config, model.tower, tokenizer)
-  batch_sharding = sharding.batch_sharding(mesh)
-  task_names = train_iter.task_names
-  pair_tasks = [t for t in task_names if infos[t].num_classes is None]
-  loss_weights = {t: float(config.loss_weights.get(t, 1.0)) for t in task_names}
-  steps = {}  # one jitted step for all pair tasks, one per classification task; compiled per batch shape
-
-  def step_for(key: str):
-    if key not in steps:
-      steps[key] = step_lib.make_train_step(graphdef, tx, key=key, pair_tasks=pair_tasks, loss_weights=loss_weights,
-                                            seed=config.seed, state_shardings=state_shardings,
-                                            batch_sharding=batch_sharding)
-    return steps[key]
-
+  model = nnx.merge(graphdef, trainer.state["params"])
+  validator = Validator(config, model.tower, trainer.tokenizer)
+  task_names = trainer.task_names
   probe = None
   if config.affinity_every_steps and len(task_names) > 1 and not config.data.mixed:
-    probe = AffinityProbe(graphdef, task_names, pair_tasks, config.optim.lr)
+    probe = AffinityProbe(graphdef, task_names, trainer.pair_tasks, config.optim.lr, widths=trainer.matryoshka_widths)
   writer = MetricsWriter(workdir)
   if start_step == 0 and config.eval.at_start:
     # The starting point (pretrained tower, fresh projection) on the same validation suite: what training adds.
@@ -185,42 +184,68 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   examples_seen, clock = 0, time.perf_counter()
   step = start_step
   try:
-    while step < config.total_steps:
+    while step < config.total_steps and not tracker.stopped:
       batch = next(train_iter)
       task = batch["task"]
-      device_batch = step_lib.global_batch(step_lib.with_task_ids(batch, pair_tasks), batch_sharding)
+      single = batch.get("batches", {task: batch})  # an all-tasks batch holds one batch per task
       if probe is not None:
-        probe.observe(task, device_batch)
-      train_state, metrics = step_for(step_lib.step_key(batch))(train_state, device_batch)
+        for name, b in single.items():
+          if name not in probe.batches:
+            probe.observe(name, trainer.device_batch(b))
+      metrics = trainer.train_step(batch)  # raises on a non-finite loss or gradient
       step += 1
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-      bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
-      if bad:
-        raise FloatingPointError(f"Non-finite {' and '.join(bad)} at step {step} on task {task!r} "
-                                 f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}). The last good "
-                                 f"checkpoint is in {workdir}/checkpoints.")
-      examples_seen += config.data.batch_size
-      recent_loss[task] = metrics["loss"]
+      examples_seen += config.data.batch_size * len(single)
+      if "batches" in batch:
+        recent_loss.update({name: metrics[f"{name}/loss"] for name in single})
+        logged = {f"train/{k}": v for k, v in metrics.items()}
+      else:
+        recent_loss[task] = metrics["loss"]
+        logged = {f"train/{task}/{k}": v for k, v in metrics.items()}
+      if trainer.task_weights is not None and "task_weights" not in meta:
+        meta["task_weights"] = trainer.task_weights
       if step % config.log_every_steps == 0 or step == config.total_steps:
         elapsed = time.perf_counter() - clock
-        writer.write(step, {f"train/{task}/{k}": v for k, v in metrics.items()} | {
-            "train/loss": metrics["loss"], "train/examples_per_s": examples_seen / max(elapsed, 1e-9)})
-        bar.set_postfix({**{t: f"{l:.3f}" for t, l in recent_loss.items()},
-                         "ex/s": f"{examples_seen / max(elapsed, 1e-9):.1f}"})
+        writer.write(
+          step, logged | {"train/loss": metrics["loss"], "train/examples_per_s": examples_seen / max(elapsed, 1e-9)}
+        )
+        bar.set_postfix(
+          {**{t: f"{l:.3f}" for t, l in recent_loss.items()}, "ex/s": f"{examples_seen / max(elapsed, 1e-9):.1f}"}
+        )
         examples_seen, clock = 0, time.perf_counter()
       bar.update(1)
       if probe is not None and probe.ready and step % config.affinity_every_steps == 0:
-        writer.write_matrix(step, "affinity", probe(train_state["params"]), task_names)
+        writer.write_matrix(step, "affinity", probe(trainer.state["params"]), task_names)
       eval_now = step % config.eval.every_steps == 0 or step == config.total_steps
       if eval_now:
-        val_metrics = validator(nnx.state(nnx.merge(graphdef, train_state["params"]).tower))
+        val_metrics = validator(nnx.state(nnx.merge(graphdef, trainer.state["params"]).tower))
         writer.write(step, val_metrics)
-        bar.write(f"step {step}: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(val_metrics.items())
-                                               if "pair_auc" in k and not k.endswith(("_low", "_high"))))
+        bar.write(
+          f"step {step}: "
+          + ", ".join(
+            f"{k}={v:.4f}"
+            for k, v in sorted(val_metrics.items())
+            if "pair_auc" in k and not k.endswith(("_low", "_high"))
+          )
+        )
+        stop_now = tracker.update(step, val_metrics)
+        if tracker.best_step == step and config.export_checkpoint == "best" and config.export and is_main:
+          export(config, graphdef, trainer.state["params"], trainer.tokenizer, workdir, val_metrics, step)
+        if stop_now:
+          bar.write(
+            f"Early stopping at step {step}: {tracker.metric} has not improved for {tracker.since_best} "
+            f"evaluations (best {tracker.best:.4f} at step {tracker.best_step})."
+          )
+      meta["best"] = tracker.state()
       stopping = stop.requested  # read once: a signal landing between the save and the check must not skip it
-      checkpoint.save(manager, step, train_state, train_iter.get_state(), meta,
-                      metrics=_finite(val_metrics) if eval_now else None,
-                      force=stopping or step == config.total_steps)
+      checkpoint.save(
+        manager,
+        step,
+        trainer.state,
+        train_iter.get_state(),
+        meta,
+        metrics=_finite(val_metrics) if eval_now else None,
+        force=stopping or tracker.stopped or step == config.total_steps,
+      )
       if stopping:
         bar.write(f"SIGTERM: saved step {step}; stopping.")
         break
@@ -231,9 +256,15 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     writer.close()
     stop.restore()
 
-  if step == config.total_steps and config.export and is_main:
-    export(config, graphdef, train_state["params"], tokenizer, workdir, val_metrics, step)
+  finished = step == config.total_steps or tracker.stopped
+  if finished and config.export_checkpoint == "best" and tracker.best_step > 0:
+    val_metrics = tracker.best_metrics  # its export was written when it was evaluated
+  elif finished and config.export and is_main:
+    export(config, graphdef, trainer.state["params"], trainer.tokenizer, workdir, val_metrics, step)
   return val_metrics
+
+
+EXPORT_CHECKPOINTS = ("best", "last")
 
 
 def _is_variable(x) -> bool:
@@ -255,10 +286,23 @@ def export(config, graphdef, params, tokenizer, workdir: Path, val_metrics: dict
   """``<workdir>/export``: loadable by Embedder.from_pretrained and by SentenceTransformer(path) alike;
   ``<workdir>/export_st`` points at the same directory for users who look for the sentence-transformers name."""
   tower = nnx.merge(graphdef, jax.device_get(params)).tower
-  settings = hf_io.TowerSettings(pooling=config.pooling, normalize=config.normalize, embed_dim=config.embed_dim,
-                                 max_length=config.data.max_length)
-  out = hf_io.export_model(tower, tokenizer, settings, workdir / "export", metadata={
-      "step": step, "validation": val_metrics, "config": json.loads(config.to_json_best_effort())})
+  settings = hf_io.TowerSettings(
+    pooling=config.pooling, normalize=config.normalize, embed_dim=config.embed_dim, max_length=config.data.max_length
+  )
+  # The Matryoshka widths trained (None: off), full width included: the prefixes meant to be read as "dim<d>:<export>".
+  widths = heads_lib.matryoshka_widths(config.get("matryoshka_dims", ""), tower.output_dim)
+  out = hf_io.export_model(
+    tower,
+    tokenizer,
+    settings,
+    workdir / "export",
+    metadata={
+      "step": step,
+      "validation": val_metrics,
+      "config": json.loads(config.to_json_best_effort()),
+      "matryoshka_widths": list(widths) if widths else None,
+    },
+  )
   link = workdir / "export_st"
   if not link.is_symlink():
     link.symlink_to("export", target_is_directory=True)

@@ -17,6 +17,7 @@ class MetricsWriter:
     self.path = Path(workdir) / "metrics.jsonl"
     if self.enabled:
       from tensorboardX import SummaryWriter
+
       self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"))
       self._jsonl = open(self.path, "a")
 
@@ -36,8 +37,10 @@ class MetricsWriter:
     for i, row_name in enumerate(labels):
       for j, col_name in enumerate(labels):
         self._tb.add_scalar(f"{name}/{row_name}->{col_name}", float(matrix[i, j]), step)
-    self._jsonl.write(json.dumps({"step": step, "time": time.time(), name: np.asarray(matrix).tolist(),
-                                  f"{name}_labels": labels}) + "\n")
+    self._jsonl.write(
+      json.dumps({"step": step, "time": time.time(), name: np.asarray(matrix).tolist(), f"{name}_labels": labels})
+      + "\n"
+    )
     self._jsonl.flush()
 
   def close(self) -> None:

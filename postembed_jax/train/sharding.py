@@ -8,26 +8,28 @@ device, 8 fake CPU devices, a GPU or a TPU slice: only the config changes.
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")  # the batch is split over every data-parallel axis
 
-# Sensible defaults (configs/common.py copies these so a sweep can override them):
-# FSDP shards the model width, tensor parallelism shards heads / MLP / vocabulary.
+# The default config.sharding_rules (postembed_jax.train.config.training_config; a config or a sweep overrides
+# them): FSDP shards the model width, tensor parallelism shards heads / MLP / vocabulary.
 DEFAULT_RULES = (
-    ("vocab", "tensor"),
-    ("embed", "fsdp"),
-    ("heads", "tensor"),
-    ("mlp", "tensor"),
-    ("proj", None),
-    ("classes", None),
-    ("norm", None),
+  ("vocab", "tensor"),
+  ("embed", "fsdp"),
+  ("heads", "tensor"),
+  ("mlp", "tensor"),
+  ("proj", None),
+  ("classes", None),
+  ("norm", None),
 )
 
 
@@ -53,8 +55,9 @@ def make_mesh(mesh_config, devices: Sequence[jax.Device] | None = None) -> Mesh:
   return Mesh(np.asarray(devices).reshape(tuple(shape.values())), MESH_AXES)
 
 
-def logical_to_spec(logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
-                    rules: Sequence[tuple[str, Any]]) -> P:
+def logical_to_spec(
+  logical_axes: Sequence[str | None], shape: Sequence[int], mesh: Mesh, rules: Sequence[tuple[str, Any]]
+) -> P:
   """Maps one parameter's logical axes to a PartitionSpec.
 
   A dimension stays replicated when its rule maps to no axis, when the mesh axes are trivial (size 1), when the
@@ -96,6 +99,11 @@ def tree_shardings(tree: Any, mesh: Mesh, rules) -> Any:
 def batch_sharding(mesh: Mesh) -> NamedSharding:
   """Leading (batch) dimension over the data-parallel axes, the rest replicated."""
   return NamedSharding(mesh, P(BATCH_AXES))
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+  """How many ways the batch is split: the product of the data-parallel axes."""
+  return int(np.prod([mesh.shape[a] for a in BATCH_AXES]))
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

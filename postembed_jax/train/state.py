@@ -17,10 +17,9 @@ from flax import nnx
 
 from postembed_jax.models import heads as heads_lib
 from postembed_jax.models import hf_io
+from postembed_jax.models.dtypes import dtype_of
 from postembed_jax.models.encoder import EncoderConfig, PostEncoder
 from postembed_jax.train import sharding
-
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 class TrainModel(nnx.Module):
@@ -34,6 +33,7 @@ class TrainModel(nnx.Module):
 @dataclasses.dataclass(frozen=True)
 class TaskInfo:
   """What the model needs to know of a task: its loss family and, for label tasks, the number of classes."""
+
   loss: str
   num_classes: int | None = None
 
@@ -46,8 +46,10 @@ def task_infos(config, label_names: dict[str, list[str]], task_names: list[str])
     loss = config.task_losses.get(name, default)
     valid = heads_lib.PAIR_LOSSES if num_classes is None else heads_lib.CLASSIFICATION_LOSSES
     if loss not in valid:
-      raise ValueError(f"config.task_losses.{name}={loss!r} does not fit a "
-                       f"{'pair' if num_classes is None else 'classification'} task; choose one of {valid}.")
+      raise ValueError(
+        f"config.task_losses.{name}={loss!r} does not fit a "
+        f"{'pair' if num_classes is None else 'classification'} task; choose one of {valid}."
+      )
     infos[name] = TaskInfo(loss, num_classes)
   return infos
 
@@ -55,10 +57,18 @@ def task_infos(config, label_names: dict[str, list[str]], task_names: list[str])
 def build_model(config, cfg: EncoderConfig, infos: dict[str, TaskInfo], seed: int) -> TrainModel:
   """A randomly initialised TrainModel (pretrained weights are placed afterwards, see ``create_params``)."""
   rngs = nnx.Rngs(seed)
-  tower = PostEncoder(cfg, embed_dim=config.embed_dim, pooling=config.pooling, normalize=config.normalize,
-                      dtype=DTYPES[config.dtype], rngs=rngs)
-  heads = {name: heads_lib.make_head(info.loss, embed_dim=tower.output_dim, num_classes=info.num_classes,
-                                     rngs=rngs) for name, info in infos.items()}
+  tower = PostEncoder(
+    cfg,
+    embed_dim=config.embed_dim,
+    pooling=config.pooling,
+    normalize=config.normalize,
+    dtype=dtype_of(config.dtype),
+    rngs=rngs,
+  )
+  heads = {
+    name: heads_lib.make_head(info.loss, embed_dim=tower.output_dim, num_classes=info.num_classes, rngs=rngs)
+    for name, info in infos.items()
+  }
   return TrainModel(tower, heads)
 
 
@@ -77,22 +87,31 @@ def make_optimizer(config, params: nnx.State) -> optax.GradientTransformation:
     return o.layer_decay ** (num_layers - layer)
 
   decay_steps = max(config.total_steps - o.warmup_steps, 1)
-  decay = {"cosine": optax.cosine_decay_schedule(o.lr, decay_steps),
-           "linear": optax.linear_schedule(o.lr, 0.0, decay_steps),
-           "constant": optax.constant_schedule(o.lr)}
+  decay = {
+    "cosine": optax.cosine_decay_schedule(o.lr, decay_steps),
+    "linear": optax.linear_schedule(o.lr, 0.0, decay_steps),
+    "constant": optax.constant_schedule(o.lr),
+  }
   if o.schedule not in decay:
     raise ValueError(f"config.optim.schedule={o.schedule!r}; choose one of {sorted(decay)}.")
-  schedule = optax.join_schedules([optax.linear_schedule(0.0, o.lr, o.warmup_steps), decay[o.schedule]],
-                                  [o.warmup_steps])
+  schedule = optax.join_schedules(
+    [optax.linear_schedule(0.0, o.lr, o.warmup_steps), decay[o.schedule]], [o.warmup_steps]
+  )
   multipliers = jax.tree_util.tree_map_with_path(multiplier, params)
   scale_per_parameter = optax.stateless(lambda updates, _: jax.tree.map(lambda u, m: u * m, updates, multipliers))
-  return optax.chain(optax.clip_by_global_norm(o.clip_norm),
-                     optax.adamw(schedule, weight_decay=o.weight_decay),
-                     scale_per_parameter)
+  return optax.chain(
+    optax.clip_by_global_norm(o.clip_norm), optax.adamw(schedule, weight_decay=o.weight_decay), scale_per_parameter
+  )
 
 
-def create_params(config, model_dir, cfg: EncoderConfig, infos, mesh, rules):
-  """(graphdef, sharded params): random init sharded by jit, then the pretrained tower put shard by shard."""
+def create_params(
+  config, model_dir, cfg: EncoderConfig, infos, mesh, rules, *, jit_init: bool = True, tower_arrays: dict | None = None
+):
+  """(graphdef, sharded params): random init sharded by jit, then the pretrained tower of ``model_dir`` put shard
+  by shard; ``model_dir=None`` keeps the random tower. ``tower_arrays`` ({tower parameter path: array}, e.g. a
+  PCA projection) are placed the same way after it and win over it. ``jit_init=False`` initialises op by op on the
+  default device and then places the arrays: for one device, where compiling a large initialiser as one program
+  costs more than it saves."""
   abstract = nnx.eval_shape(lambda: build_model(config, cfg, infos, config.seed))
   graphdef, abstract_params = nnx.split(abstract, nnx.Param)
   shardings = sharding.tree_shardings(abstract_params, mesh, rules)
@@ -100,12 +119,19 @@ def create_params(config, model_dir, cfg: EncoderConfig, infos, mesh, rules):
   def init():
     return nnx.split(build_model(config, cfg, infos, config.seed), nnx.Param)[1]
 
-  params = jax.jit(init, out_shardings=shardings)()
+  params = jax.jit(init, out_shardings=shardings)() if jit_init else jax.device_put(init(), shardings)
+  arrays = {} if model_dir is None else hf_io.tower_arrays(model_dir, cfg, config.embed_dim)
+  arrays.update(tower_arrays or {})
   flat_params = dict(nnx.to_flat_state(params))
   flat_shardings = dict(nnx.to_flat_state(shardings))
-  for path, value in hf_io.tower_arrays(model_dir, cfg, config.embed_dim).items():
+  for path, value in arrays.items():
     full = ("tower",) + path
-    flat_params[full].set_value(jax.device_put(np.asarray(value, np.float32), flat_shardings[full]))
+    value, shape = np.asarray(value, np.float32), flat_params[full].get_value().shape
+    if value.shape != shape:
+      raise ValueError(
+        f"tower.{'.'.join(map(str, path))}: an array of shape {value.shape} for a parameter of shape {shape}."
+      )
+    flat_params[full].set_value(jax.device_put(value, flat_shardings[full]))
   return graphdef, params, shardings
 
 
@@ -115,6 +141,9 @@ def init_train_state(config, params: nnx.State, param_shardings, mesh, rules):
   tx = make_optimizer(config, params)
   opt_shardings = sharding.tree_shardings(jax.eval_shape(tx.init, params), mesh, rules)
   shardings = {"params": param_shardings, "opt_state": opt_shardings, "step": sharding.replicated(mesh)}
-  train_state = {"params": params, "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
-                 "step": jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh))}
+  train_state = {
+    "params": params,
+    "opt_state": jax.jit(tx.init, out_shardings=opt_shardings)(params),
+    "step": jax.device_put(jnp.zeros((), jnp.int32), sharding.replicated(mesh)),
+  }
   return tx, train_state, shardings

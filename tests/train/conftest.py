@@ -33,14 +33,31 @@ def train_cmd(tiny_model_dir, tfds_dir):
   wait=False; its output goes to the file `log` when given, else to a pipe)."""
 
   def run(workdir, *overrides, devices=1, wait=True, config="configs/mtl.py:quick", log=None):
-    cmd = [sys.executable, "launch/train.py", f"--config={config}", f"--workdir={workdir}",
-           f"--config.model={tiny_model_dir}", f"--config.data.index_dir={FIXTURE}",
-           f"--config.data.data_dir={tfds_dir}", "--config.total_steps=20", "--config.data.batch_size=8",
-           "--config.data.max_length=32", "--config.data.bucket_lengths=(16,32)", "--config.log_every_steps=1",
-           "--config.eval.every_steps=1000", "--config.eval.max_examples=40", "--config.checkpoint.every_steps=5",
-           "--config.embed_dim=16", *overrides]
-    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu",
-               PYTHONUNBUFFERED="1")
+    cmd = [
+      sys.executable,
+      "launch/train.py",
+      f"--config={config}",
+      f"--workdir={workdir}",
+      f"--config.model={tiny_model_dir}",
+      f"--config.data.index_dir={FIXTURE}",
+      f"--config.data.data_dir={tfds_dir}",
+      "--config.total_steps=20",
+      "--config.data.batch_size=8",
+      "--config.data.max_length=32",
+      "--config.data.bucket_lengths=(16,32)",
+      "--config.log_every_steps=1",
+      "--config.eval.every_steps=1000",
+      "--config.eval.max_examples=40",
+      "--config.checkpoint.every_steps=5",
+      "--config.embed_dim=16",
+      *overrides,
+    ]
+    env = dict(
+      os.environ,
+      XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}",
+      JAX_PLATFORMS="cpu",
+      PYTHONUNBUFFERED="1",
+    )
     if not wait and log:  # a file: processes that wait for each other never block on a full pipe
       with open(log, "w") as out:
         return subprocess.Popen(cmd, cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT, text=True)

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from postembed_jax.ablation.affinity import lookahead_affinity, read_affinity
+from postembed_jax.train.affinity import lookahead_affinity, read_affinity
 
 # Task t's loss is the squared distance of the parameters to its batch's target: closed-form affinity.
 TARGETS = (np.array([1.0, 0.0]), np.array([2.0, 0.0]), np.array([-1.0, 0.0]))
@@ -45,9 +45,11 @@ def test_given_gradients_are_used_instead_of_recomputed():
 
 
 def test_read_affinity_averages_logged_matrices(tmp_path):
-  lines = [{"step": 1, "train/loss": 0.5},
-           {"step": 10, "affinity": [[0.0, 0.2], [0.4, 0.0]], "affinity_labels": ["a", "b"]},
-           {"step": 20, "affinity": [[0.0, 0.4], [0.0, 0.0]], "affinity_labels": ["a", "b"]}]
+  lines = [
+    {"step": 1, "train/loss": 0.5},
+    {"step": 10, "affinity": [[0.0, 0.2], [0.4, 0.0]], "affinity_labels": ["a", "b"]},
+    {"step": 20, "affinity": [[0.0, 0.4], [0.0, 0.0]], "affinity_labels": ["a", "b"]},
+  ]
   (tmp_path / "metrics.jsonl").write_text("\n".join(map(json.dumps, lines)) + "\n")
   labels, matrix, steps = read_affinity(tmp_path)
   assert labels == ["a", "b"] and steps == 2

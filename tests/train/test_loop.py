@@ -8,7 +8,6 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import FAST, step_losses
 from conftest import check_ok as _ok  # `baseline` (20 one-device steps) is a session fixture in conftest.py
 
@@ -19,8 +18,9 @@ def _assert_same_losses(losses, reference, rtol):
   np.testing.assert_allclose([losses[s] for s in steps], [reference[s] for s in steps], rtol=rtol)
 
 
-@pytest.mark.parametrize("mesh", [("--config.mesh.fsdp=2",), ("--config.mesh.tensor=2",)],
-                         ids=["data4_fsdp2", "data4_tensor2"])
+@pytest.mark.parametrize(
+  "mesh", [("--config.mesh.fsdp=2",), ("--config.mesh.tensor=2",)], ids=["data4_fsdp2", "data4_tensor2"]
+)
 def test_eight_devices_match_one(train_cmd, baseline, tmp_path, mesh):
   _ok(train_cmd(tmp_path, *FAST, *mesh, "--config.export=False", devices=8))
   _assert_same_losses(step_losses(tmp_path), baseline[1], rtol=1e-4)
@@ -55,14 +55,34 @@ def test_sigkill_then_resume_reproduces_losses(train_cmd, baseline, tmp_path):
 def test_checkpoint_moves_between_meshes(train_cmd, baseline, tmp_path):
   """Steps 1-10 on 8 devices, 11-20 on 1 device restored from that checkpoint; and the reverse."""
   eight_then_one = tmp_path / "8to1"
-  _ok(train_cmd(eight_then_one, *FAST, "--config.total_steps=10", "--config.mesh.fsdp=2",
-                "--config.optim.warmup_steps=10", "--config.export=False", devices=8))
+  _ok(
+    train_cmd(
+      eight_then_one,
+      *FAST,
+      "--config.total_steps=10",
+      "--config.mesh.fsdp=2",
+      "--config.optim.warmup_steps=10",
+      "--config.export=False",
+      devices=8,
+    )
+  )
   _ok(train_cmd(eight_then_one, *FAST, "--config.optim.warmup_steps=10", "--config.export=False"))
   one_then_eight = tmp_path / "1to8"
-  _ok(train_cmd(one_then_eight, *FAST, "--config.total_steps=10", "--config.optim.warmup_steps=10",
-                "--config.export=False"))
-  _ok(train_cmd(one_then_eight, *FAST, "--config.mesh.tensor=2", "--config.optim.warmup_steps=10",
-                "--config.export=False", devices=8))
+  _ok(
+    train_cmd(
+      one_then_eight, *FAST, "--config.total_steps=10", "--config.optim.warmup_steps=10", "--config.export=False"
+    )
+  )
+  _ok(
+    train_cmd(
+      one_then_eight,
+      *FAST,
+      "--config.mesh.tensor=2",
+      "--config.optim.warmup_steps=10",
+      "--config.export=False",
+      devices=8,
+    )
+  )
   reference = tmp_path / "reference"
   _ok(train_cmd(reference, *FAST, "--config.optim.warmup_steps=10", "--config.export=False"))
   for workdir in (eight_then_one, one_then_eight):
@@ -70,8 +90,7 @@ def test_checkpoint_moves_between_meshes(train_cmd, baseline, tmp_path):
 
 
 def test_sigterm_saves_before_exit(train_cmd, tmp_path):
-  proc = train_cmd(tmp_path, *FAST, "--config.total_steps=500", "--config.checkpoint.every_steps=1000",
-                   wait=False)
+  proc = train_cmd(tmp_path, *FAST, "--config.total_steps=500", "--config.checkpoint.every_steps=1000", wait=False)
   deadline = time.time() + 300
   while time.time() < deadline and proc.poll() is None:
     if (tmp_path / "metrics.jsonl").exists() and len(step_losses(tmp_path)) >= 3:
@@ -86,17 +105,27 @@ def test_sigterm_saves_before_exit(train_cmd, tmp_path):
 
 
 def test_non_finite_loss_names_step_and_task(train_cmd, tmp_path):
-  result = train_cmd(tmp_path, *FAST, "--config.optim.lr=1e8", "--config.optim.head_lr=1e8",
-                     "--config.optim.warmup_steps=0", "--config.optim.clip_norm=1e30", "--config.dtype=bfloat16")
+  result = train_cmd(
+    tmp_path,
+    *FAST,
+    "--config.optim.lr=1e8",
+    "--config.optim.head_lr=1e8",
+    "--config.optim.warmup_steps=0",
+    "--config.optim.clip_norm=1e30",
+    "--config.dtype=bfloat16",
+  )
   assert result.returncode != 0
   assert "FloatingPointError: Non-finite" in result.stderr
   import re
+
   assert re.search(r"at step \d+ on task '(search|storyline)'", result.stderr)
 
 
 def test_export_loads_in_sentence_transformers(baseline):
   from sentence_transformers import SentenceTransformer
-  from postembed_jax.serving.embedder import Embedder
+
+  from postembed_jax.models.embedder import Embedder
+
   workdir, _ = baseline
   texts = ["Debian package manager", "image viewer for the GNOME desktop", "", "日本語のパッケージ説明"]
   ours = Embedder.from_pretrained(workdir / "export").embed(texts)
@@ -117,11 +146,54 @@ def test_resolved_config_and_metrics_are_written(baseline):
 
 
 def test_affinity_matrix_is_logged(train_cmd, tmp_path):
-  from postembed_jax.ablation.affinity import read_affinity
-  _ok(train_cmd(tmp_path, *FAST, "--config.total_steps=8", "--config.affinity_every_steps=4",
-                "--config.export=False"))
+  from postembed_jax.train.affinity import read_affinity
+
+  _ok(train_cmd(tmp_path, *FAST, "--config.total_steps=8", "--config.affinity_every_steps=4", "--config.export=False"))
   labels, matrix, count = read_affinity(tmp_path)
   assert labels == ["search", "storyline"] and matrix.shape == (2, 2) and count == 2
   assert np.all(np.isfinite(matrix))
   # A lookahead step on a task's own gradient lowers its own loss (small enough step): positive diagonal.
   assert np.all(np.diag(matrix) > 0), matrix
+
+
+def test_best_tracker_counts_patience_and_keeps_ties_late():
+  from postembed_jax.train.loop import BestTracker
+
+  tracker = BestTracker("val/m", patience=2, min_delta=0.01)
+  stops = [tracker.update(step, {"val/m": v}) for step, v in [(1, 0.5), (2, 0.6), (3, 0.605), (4, 0.6), (5, 0.7)]]
+  # 0.605 is the best so far but within min_delta of 0.6, so it does not reset the patience: the run stops at 4.
+  assert stops == [False, False, False, True, False]
+  assert (tracker.best, tracker.best_step) == (0.7, 5)
+  tied = BestTracker("val/m")
+  for step in (1, 2):
+    tied.update(step, {"val/m": 0.5})
+  assert tied.best_step == 2 and not tied.stopped  # patience 0 never stops
+  again = BestTracker("val/m", patience=2, min_delta=0.01)
+  again.load(json.loads(json.dumps(tracker.state())))
+  assert again.state() == tracker.state()
+  with pytest.raises(ValueError, match="checkpoint.best_metric='val/m' is missing from the validation metrics"):
+    BestTracker("val/m").update(1, {"val/other": 0.5})
+
+
+def test_early_stopping_exports_the_best_checkpoint_and_stays_stopped(train_cmd, tmp_path):
+  # min_delta=1: no evaluation after the first can improve enough, so with patience 1 the run stops at step 4.
+  args = (
+    *FAST,
+    "--config.eval.every_steps=2",
+    "--config.early_stopping.patience=1",
+    "--config.early_stopping.min_delta=1.0",
+    "--config.optim.lr=3e-3",
+  )
+  result = _ok(train_cmd(tmp_path, *args))
+  assert "Early stopping at step 4" in result.stdout + result.stderr
+  records = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+  assert max(r["step"] for r in records) == 4
+  val = {r["step"]: r["val/mean_pair_auc"] for r in records if "val/mean_pair_auc" in r and r["step"] > 0}
+  best = max(s for s in val if val[s] == max(val.values()))
+  meta = json.loads((tmp_path / "export" / "postembed.json").read_text())
+  assert meta["step"] == best
+  assert meta["validation"]["val/mean_pair_auc"] == val[best]
+  # Running the command again trains no further: the stopped run's checkpoint says so.
+  again = _ok(train_cmd(tmp_path, *args))
+  assert "Starting at step 4" in again.stdout
+  assert max(json.loads(l)["step"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()) == 4

@@ -7,7 +7,6 @@ import socket
 import time
 
 import numpy as np
-
 from conftest import FAST, check_ok, step_losses
 
 
@@ -21,9 +20,18 @@ def _run_processes(train_cmd, workdir, logs, *overrides, count=2, timeout=300):
   """Starts `count` processes of launch/train.py sharing `workdir` (orbax writes one checkpoint from all
   processes); returns each one's (return code, output). A process that fails stops the others."""
   port = _free_port()
-  procs = [train_cmd(workdir, *overrides, "--config.distributed.coordinator_address=127.0.0.1:%d" % port,
-                     f"--config.distributed.num_processes={count}", f"--config.distributed.process_id={i}",
-                     wait=False, log=logs / f"process{i}.log") for i in range(count)]
+  procs = [
+    train_cmd(
+      workdir,
+      *overrides,
+      f"--config.distributed.coordinator_address=127.0.0.1:{port}",
+      f"--config.distributed.num_processes={count}",
+      f"--config.distributed.process_id={i}",
+      wait=False,
+      log=logs / f"process{i}.log",
+    )
+    for i in range(count)
+  ]
   deadline = time.time() + timeout
   try:
     while time.time() < deadline and any(p.poll() is None for p in procs):
@@ -62,7 +70,7 @@ def test_two_processes_match_one_then_resume_on_one(train_cmd, baseline, tmp_pat
   shutil.rmtree(workdir / "checkpoints" / "20")
   result = check_ok(train_cmd(workdir, *FAST, "--config.export=False"))
   assert "Starting at step 15 of 20" in result.stdout
-  resumed = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()][len(records):]
+  resumed = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()][len(records) :]
   resumed = {r["step"]: r["train/loss"] for r in resumed if "train/loss" in r}
   assert sorted(resumed) == [16, 17, 18, 19, 20]
   np.testing.assert_allclose([resumed[s] for s in resumed], [reference[s] for s in resumed], rtol=1e-4)

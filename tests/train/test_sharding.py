@@ -7,11 +7,10 @@ import textwrap
 
 import ml_collections
 import pytest
+from conftest import REPO
 from jax.sharding import PartitionSpec as P
 
 from postembed_jax.train import sharding
-
-from conftest import REPO
 
 
 class _FakeMesh:
@@ -38,8 +37,9 @@ def test_logical_to_spec():
   # 30521 does not split in two: that dimension stays replicated rather than failing.
   assert sharding.logical_to_spec(("vocab", "embed"), (30521, 384), mesh, rules) == P(None, "fsdp")
   # An axis of size 1 shards nothing.
-  assert sharding.logical_to_spec(("embed", "mlp"), (384, 1536), _FakeMesh(data=8, fsdp=1, tensor=1),
-                                  rules) == P(None, None)
+  assert sharding.logical_to_spec(("embed", "mlp"), (384, 1536), _FakeMesh(data=8, fsdp=1, tensor=1), rules) == P(
+    None, None
+  )
   # One mesh axis is used at most once per parameter.
   assert sharding.logical_to_spec(("heads", "mlp"), (384, 1536), mesh, rules) == P("tensor", None)
   with pytest.raises(ValueError, match="Logical axis 'experts' has no sharding rule"):
@@ -78,7 +78,8 @@ def test_parameters_are_created_sharded_on_eight_devices(tiny_model_dir):
       print("OK", dict(mesh.shape))
   """)
   env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8", JAX_PLATFORMS="cpu")
-  result = subprocess.run([sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=300)
+  result = subprocess.run(
+    [sys.executable, "-c", script], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+  )
   assert result.returncode == 0, result.stderr[-3000:]
   assert "OK {'data': 2, 'fsdp': 2, 'tensor': 2}" in result.stdout

@@ -1,7 +1,9 @@
 """Ablate: `python launch/ablate.py --config configs/ablation.py[:quick] [--config.workers=N] [--config.FIELD=...]`.
 
-Trains every unfinished run of the ablation (finished runs are skipped, killed ones resume), then writes
-results.csv, transfer.csv, report.md and the plots into --config.workdir. All logic is in postembed_jax.ablation.
+Trains every unfinished run of the ablation (finished runs are skipped, killed ones resume): the learning-rate
+selection on validation, then every seed at the chosen rates, scored on the test split. Then writes results.csv,
+transfer.csv, summary.csv, selection.csv, runs.csv, report.md and the plots into --config.workdir. All logic is in
+postembed_jax.ablation.
 """
 
 import shlex
@@ -10,14 +12,13 @@ import time
 from pathlib import Path
 
 from absl import app, logging
-from ml_collections import config_flags
 
 from postembed_jax import config_overrides
+from postembed_jax.ablation import runner
 from postembed_jax.ablation.report import write_report
-from postembed_jax.ablation.runner import plan_runs, run_ablation
+from postembed_jax.data.lists import as_list
 
-config_overrides.exit_on_unknown_override(default="configs/ablation.py")
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/ablation.py", "Ablation config.")
+_CONFIG = config_overrides.define_config_flag("configs/ablation.py", "Ablation config.")
 
 
 def main(argv):
@@ -25,12 +26,29 @@ def main(argv):
   logging.set_verbosity(logging.WARNING)
   config = _CONFIG.value
   start = time.perf_counter()
-  results = run_ablation(config)
-  summary = write_report(results, Path(config.workdir), metric=config.metric,
-                         tasks=list(plan_runs(config)[0].tasks),  # the MTL run's, in config order
-                         command="python " + " ".join(map(shlex.quote, sys.argv)))
-  print(f"Ablation finished in {time.perf_counter() - start:.0f} s (this invocation): {summary}. "
-        f"Report: {Path(config.workdir) / 'report.md'}")
+  outcome = runner.run_ablation(config)
+  wall = time.perf_counter() - start
+  summary = write_report(
+    outcome.results,
+    Path(config.workdir),
+    metric=config.metric,
+    tasks=as_list(config.tasks),
+    selection=outcome.selection,
+    runs=outcome.runs,
+    protocol=runner.describe(config),
+    command="python " + " ".join(map(shlex.quote, sys.argv)),
+    wall_seconds=wall,
+  )
+  headline = (
+    f"{summary['regime']} regime, {summary['metric']}: mean relative change "
+    f"{100 * summary['mean_relative_change']:+.2f}%, significantly better on {summary['better']}, not "
+    f"different on {summary['not_different']}, worse on {summary['worse']} of {summary['tasks']} tasks"
+    if summary
+    else "no MTL/STL comparison"
+  )
+  print(
+    f"Ablation finished in {wall:.0f} s (this invocation): {headline}. Report: {Path(config.workdir) / 'report.md'}"
+  )
 
 
 if __name__ == "__main__":

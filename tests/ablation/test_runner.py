@@ -1,4 +1,6 @@
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -7,88 +9,296 @@ import pytest
 from postembed_jax.ablation import runner
 
 REPO = Path(__file__).parents[2]
+FIXTURE = REPO / "tests" / "fixtures" / "debian"
 
 
-def _config(tmp_path, **changes):
+def _config(tmp_path, arg="quick", **changes):
   sys.path.insert(0, str(REPO))
   from configs import ablation
-  config = ablation.get_config("quick")
+
+  config = ablation.get_config(arg)
   config.workdir = str(tmp_path)
   config.update(changes)
   return config
 
 
-def test_plan_has_mtl_stl_and_optional_leave_one_out_per_seed(tmp_path):
-  config = _config(tmp_path, tasks="a,b,c", seeds="0,1,2")
-  runs = runner.plan_runs(config)
-  assert len(runs) == 3 * (1 + 3)
-  assert runs[0] == runner.Run("mtl", 0, ("a", "b", "c"), ("a", "b", "c"))
-  assert runner.Run("stl-b", 2, ("b",), ("b",)) in runs
+def test_plan_has_mtl_stl_and_optional_leave_one_out_per_regime(tmp_path):
+  config = _config(tmp_path, tasks="a,b,c", seeds="0,1,2", lr_grid="1e-4,3e-4")
+  arms = runner.plan_arms(config)
+  assert [a.key for a in arms] == ["full/mtl", "full/stl-a", "full/stl-b", "full/stl-c"]
+  assert arms[0] == runner.Arm("full", "mtl", ("a", "b", "c"), ("a", "b", "c"))
   config.leave_one_out = True
-  loto = [r for r in runner.plan_runs(config) if r.variant.startswith("loto")]
-  assert len(loto) == 9 and runner.Run("loto-a", 1, ("b", "c"), ("a", "b", "c")) in loto
+  loto = [a for a in runner.plan_arms(config) if a.variant.startswith("loto")]
+  assert len(loto) == 3 and runner.Arm("full", "loto-a", ("b", "c"), ("a", "b", "c")) in loto
+  config.update(leave_one_out=False, regimes="capped,scarce", scarce_tasks="b,c")
+  keys = [a.key for a in runner.plan_arms(config)]
+  assert keys == [
+    "capped/mtl",
+    "capped/stl-a",
+    "capped/stl-b",
+    "capped/stl-c",
+    "scarce-b/mtl",
+    "scarce-c/mtl",
+    "scarce-b/stl-b",
+    "scarce-c/stl-c",
+  ]
+  scarce_mtl = runner.plan_arms(config)[4]
+  assert (scarce_mtl.tasks, scarce_mtl.eval_tasks, scarce_mtl.focus) == (("a", "b", "c"), ("b",), "b")
   with pytest.raises(ValueError, match="at least 2 tasks"):
-    runner.plan_runs(_config(tmp_path, tasks="a"))
+    runner.plan_arms(_config(tmp_path, tasks="a"))
+  with pytest.raises(ValueError, match="valid regimes"):
+    runner.plan_arms(_config(tmp_path, regimes="ful"))
+
+
+def test_phases_reuse_the_selection_run_at_the_chosen_rate(tmp_path):
+  config = _config(tmp_path, tasks="a,b", seeds="0,1,2", lr_grid="1e-4,3e-4")
+  arm = runner.plan_arms(config)[0]
+  selection = runner.selection_runs(config, [arm])
+  assert [(r.lr, r.seed) for r in selection] == [(1e-4, 0), (3e-4, 0)]  # selection_seed defaults to the first seed
+  final = runner.final_runs(config, arm, 3e-4)
+  assert [(r.lr, r.seed) for r in final] == [(3e-4, 0), (3e-4, 1), (3e-4, 2)]
+  assert selection[1] == final[0] and selection[1].name == "full/mtl/lr_0.0003/seed_0"
+  assert runner.count_runs(config) == 3 * (2 + 3 - 1)
+  config.selection_seed = 7  # a seed of its own: nothing to reuse
+  assert runner.count_runs(config) == 3 * (2 + 3) and runner.selection_runs(config)[0].seed == 7
+  config.lr_grid = "1e-4"
+  assert runner.selection_runs(config) == [] and runner.count_runs(config) == 3 * 3
+  with pytest.raises(ValueError, match="lr_grid"):
+    runner.lr_grid(_config(tmp_path, lr_grid="1e-4,1e-4"))
 
 
 def test_runs_differ_from_the_training_config_only_by_their_overrides(tmp_path):
-  config = _config(tmp_path)
-  mtl, stl = runner.Run("mtl", 2, ("interest", "search"), ()), runner.Run("stl-search", 1, ("search",), ())
+  config = _config(tmp_path, tasks="interest,search", regimes="full,capped,scarce", scarce_fraction=0.05)
+  arms = {a.key: a for a in runner.plan_arms(config)}
+  mtl, stl = runner.Run(arms["full/mtl"], 3e-4, 2), runner.Run(arms["full/stl-search"], 1e-4, 1)
   mtl_config, stl_config = runner.run_config(config, mtl), runner.run_config(config, stl)
-  assert (mtl_config.data.tasks, mtl_config.seed) == ("interest,search", 2)
-  assert (stl_config.data.tasks, stl_config.seed) == ("search", 1)
+  assert (mtl_config.data.tasks, mtl_config.seed, mtl_config.optim.lr) == ("interest,search", 2, 3e-4)
+  assert (stl_config.data.tasks, stl_config.seed, stl_config.optim.lr) == ("search", 1, 1e-4)
+  assert mtl_config.data.task_mixing == "all_tasks_per_step" and stl_config.data.task_mixing == "one_task_per_step"
+  assert mtl_config.checkpoint.best_metric == "val/mean_pair_auc"
+  assert stl_config.checkpoint.best_metric == "val/search/pair_auc"
   assert mtl_config.affinity_every_steps == config.affinity_every_steps > 0 and stl_config.affinity_every_steps == 0
-  for field in ("total_steps",):
+  for field in ("total_steps", "early_stopping", "eval", "export_checkpoint"):
     assert mtl_config[field] == stl_config[field] == config.train[field]
+  assert config.train.early_stopping.patience > 0 and config.train.export_checkpoint == "best"
   assert mtl_config.data.batch_size == stl_config.data.batch_size == config.train.data.batch_size
   assert config.train.data.tasks == config.tasks  # run_config must not mutate the shared block
-  assert mtl_config.optim.to_dict() == stl_config.optim.to_dict()
+  assert {**mtl_config.optim.to_dict(), "lr": 0} == {**stl_config.optim.to_dict(), "lr": 0}
+
+  capped = runner.run_config(config, runner.Run(arms["capped/stl-search"], 1e-4, 0))
+  assert capped.data.max_examples_per_task == config.cap_examples
+  scarce_mtl = runner.run_config(config, runner.Run(arms["scarce-search/mtl"], 1e-4, 0))
+  scarce_stl = runner.run_config(config, runner.Run(arms["scarce-search/stl-search"], 1e-4, 0))
+  assert scarce_mtl.data.tasks == "interest,search" and scarce_stl.data.tasks == "search"
+  assert scarce_mtl.data.task_fractions == scarce_stl.data.task_fractions == "search=0.05"
+  assert scarce_mtl.checkpoint.best_metric == scarce_stl.checkpoint.best_metric == "val/search/pair_auc"
+  assert scarce_mtl.data.task_mixing == "all_tasks_per_step"
+  assert runner.eval_data_config(config, ("search",)).task_fractions is None  # scoring is the same for all runs
+
+
+def test_selection_metric_is_configurable_and_checked(tmp_path):
+  config = _config(tmp_path, tasks="a,b", selection_metric="triplet_accuracy")
+  arms = runner.plan_arms(config)
+  assert runner.selection_key(config, arms[1]) == "val/a/triplet_accuracy"
+  with pytest.raises(ValueError, match="pair_auc only"):
+    runner.selection_key(config, arms[0])
+
+
+def test_choice_reads_validation_never_test():
+  """The test metrics favour 1e-4, validation favours 3e-4: the choice is 3e-4."""
+  records = [
+    {"lr": 1e-4, "validation": {"val/mean_pair_auc": 0.80}, "metrics": {"a/pair_auc": 0.99}},
+    {"lr": 3e-4, "validation": {"val/mean_pair_auc": 0.85}, "metrics": {"a/pair_auc": 0.50}},
+  ]
+  assert runner.choose_lr(records, "val/mean_pair_auc") == (3e-4, {1e-4: 0.80, 3e-4: 0.85})
+  tie = [dict(r, validation={"val/mean_pair_auc": 0.8}) for r in records]
+  assert runner.choose_lr(tie, "val/mean_pair_auc")[0] == 1e-4  # the first listed
+  with pytest.raises(ValueError, match="missing or not finite"):
+    runner.choose_lr(records, "val/a/pair_auc")
+
+
+VALIDATION = {
+  ("interest,search", 1e-4): 0.80,
+  ("interest,search", 3e-4): 0.85,
+  ("interest", 1e-4): 0.90,
+  ("interest", 3e-4): 0.70,
+  ("search", 1e-4): 0.95,
+  ("search", 3e-4): 0.96,
+}
 
 
 @pytest.fixture
-def fake_training(monkeypatch):
-  """Training that records calls and writes a marker; scoring that returns a fixed AUC per evaluated task."""
-  calls = []
+def fake_training(monkeypatch, tmp_path):
+  """Training that records calls and writes an export whose validation depends on the run's tasks and rate;
+  scoring that records which export it read and favours the rate validation does not."""
+  calls = {"train": [], "test": []}
 
   def train_and_evaluate(config, workdir):
-    calls.append((config.data.tasks, config.seed, str(workdir)))
-    (Path(workdir) / "trained").write_text("1")
-    return {}
+    calls["train"].append(str(Path(workdir).relative_to(tmp_path)))
+    value = VALIDATION[(config.data.tasks, config.optim.lr)]
+    tasks = config.data.tasks.split(",")
+    validation = {f"val/{t}/pair_auc": value for t in tasks} | {"val/mean_pair_auc": value}
+    (Path(workdir) / "export").mkdir()
+    (Path(workdir) / "export/postembed.json").write_text(json.dumps({"step": 20, "validation": validation}))
+    (Path(workdir) / "metrics.jsonl").write_text(json.dumps({"step": 30, "train/loss": 1.0}) + "\n")
+    return validation
+
+  def evaluate(embedder, names, *, split, data_config, settings):
+    calls["test"].append((split, str(Path(embedder).parent.relative_to(tmp_path))))
+    score = 0.5 if "lr_0.0003" in embedder else 0.9
+    return {f"{t}/{m}": score for t in data_config.tasks.split(",") for m in ("pair_auc", "triplet_accuracy")}
 
   monkeypatch.setattr("postembed_jax.train.loop.train_and_evaluate", train_and_evaluate)
-  monkeypatch.setattr("postembed_jax.serving.embedder.Embedder.from_pretrained", classmethod(lambda cls, *a, **k: None))
-  monkeypatch.setattr("postembed_jax.evaluation.evaluators.evaluate", lambda embedder, names, *, split, data_config,
-                      settings: {f"{t}/pair_auc": 0.5 for t in data_config.tasks.split(",")})
+  monkeypatch.setattr(
+    "postembed_jax.models.embedder.Embedder.from_pretrained", classmethod(lambda cls, path, **k: path)
+  )
+  monkeypatch.setattr("postembed_jax.evaluation.evaluators.evaluate", evaluate)
   return calls
 
 
+def test_lr_selection_then_every_seed_at_the_chosen_rate(tmp_path, fake_training):
+  config = _config(tmp_path, tasks="interest,search", seeds="0,1", lr_grid="1e-4,3e-4")
+  outcome = runner.run_ablation(config)
+  assert {k: v["lr"] for k, v in outcome.choices.items()} == {
+    "full/mtl": 3e-4,
+    "full/stl-interest": 1e-4,
+    "full/stl-search": 3e-4,
+  }
+  assert len(fake_training["train"]) == len(set(fake_training["train"])) == runner.count_runs(config) == 9
+  assert "full/mtl/lr_0.0001/seed_1" not in fake_training["train"]  # losers train the selection seed only
+  # The test split is read by the final runs alone, each once, never at a losing rate.
+  assert sorted(fake_training["test"]) == sorted(
+    ("test", r)
+    for r in (
+      "full/mtl/lr_0.0003/seed_0",
+      "full/mtl/lr_0.0003/seed_1",
+      "full/stl-interest/lr_0.0001/seed_0",
+      "full/stl-interest/lr_0.0001/seed_1",
+      "full/stl-search/lr_0.0003/seed_0",
+      "full/stl-search/lr_0.0003/seed_1",
+    )
+  )
+  assert len(outcome.results) == 6 and len(outcome.selection) == 6 and len(outcome.runs) == 9
+  assert sum(r["chosen"] for r in outcome.selection) == 3
+  assert {r["phase"] for r in outcome.runs} == {"selection", "selection+final", "final"}
+  mtl = outcome.results[0]
+  assert (mtl["variant"], mtl["lr"], mtl["seed"], mtl["best_step"], mtl["steps"]) == ("mtl", 3e-4, 0, 20, 30)
+  assert mtl["selection_value"] == 0.85 and mtl["metrics"]["search/pair_auc"] == 0.5
+  overrides = json.loads((tmp_path / "full/mtl/lr_0.0003/seed_1/overrides.json").read_text())
+  assert overrides["data.task_mixing"] == "all_tasks_per_step" and overrides["optim.lr"] == 3e-4
+  saved = json.loads((tmp_path / runner.SELECTION_FILE).read_text())
+  assert saved["full/stl-interest"] == {
+    "metric": "val/interest/pair_auc",
+    "lr": 1e-4,
+    "values": {"0.0001": 0.9, "0.0003": 0.7},
+  }
+  assert not (tmp_path / "full/mtl/lr_0.0003/seed_0/checkpoints").exists()
+
+
 def test_finished_runs_are_skipped_and_unfinished_ones_rerun_in_place(tmp_path, fake_training):
-  config = _config(tmp_path, tasks="interest,search", seeds="0,1")
-  results = runner.run_ablation(config)
-  assert len(fake_training) == 6 and len(results) == 6
-  assert results[0]["metrics"] == {"interest/pair_auc": 0.5, "search/pair_auc": 0.5}
-  stl = next(r for r in results if r["variant"] == "stl-search")
-  assert stl["metrics"] == {"search/pair_auc": 0.5} and stl["tasks"] == ["search"]
-  assert json.loads((tmp_path / "mtl/seed_1/overrides.json").read_text()) == {"data.tasks": "interest,search",
-                                                                             "seed": 1}
-  fake_training.clear()
+  config = _config(tmp_path, tasks="interest,search", seeds="0,1", lr_grid="1e-4,3e-4")
+  first = runner.run_ablation(config)
+  fake_training["train"].clear()
+  fake_training["test"].clear()
+  again = runner.run_ablation(config)
+  assert fake_training["train"] == [] and fake_training["test"] == []  # all finished
+  assert [r["metrics"] for r in again.results] == [r["metrics"] for r in first.results]
+  run = tmp_path / "full/stl-interest/lr_0.0001/seed_1"
+  (run / runner.RESULT_FILE).unlink()  # trained, killed before scoring: scored, not retrained
   runner.run_ablation(config)
-  assert fake_training == []  # all finished
-  (tmp_path / "stl-interest/seed_1" / runner.RESULT_FILE).unlink()  # as if killed before it finished
+  assert fake_training["train"] == [] and fake_training["test"] == [("test", "full/stl-interest/lr_0.0001/seed_1")]
+  for name in (runner.RESULT_FILE, runner.TRAIN_FILE, "export/postembed.json"):  # killed while training
+    (run / name).unlink()
+  (run / "export").rmdir()
   runner.run_ablation(config)
-  assert fake_training == [("interest", 1, str(tmp_path / "stl-interest/seed_1"))]
+  assert fake_training["train"] == ["full/stl-interest/lr_0.0001/seed_1"]
+  fake_training["train"].clear()
+  (tmp_path / "full/mtl/lr_0.0001/seed_0" / runner.TRAIN_FILE).unlink()  # a losing selection run: its export stays
+  runner.run_ablation(config)
+  assert fake_training["train"] == [] and (tmp_path / "full/mtl/lr_0.0001/seed_0" / runner.TRAIN_FILE).exists()
+
+
+def test_one_rate_means_no_selection_phase(tmp_path, fake_training):
+  config = _config(tmp_path, tasks="interest,search", seeds="0,1", lr_grid="1e-4")
+  outcome = runner.run_ablation(config)
+  assert len(fake_training["train"]) == 6 and outcome.selection == [] and len(outcome.results) == 6
+  assert {r["phase"] for r in outcome.runs} == {"final"}
 
 
 def test_unknown_evaluator_fails_before_any_training(tmp_path, fake_training):
   with pytest.raises(ValueError, match="valid evaluators"):
     runner.run_ablation(_config(tmp_path, evaluators="pair_acu"))
-  assert fake_training == []
+  assert fake_training["train"] == []
 
 
 def test_launcher_rejects_a_mistyped_field_before_any_work(tmp_path):
-  import subprocess
-  result = subprocess.run([sys.executable, "launch/ablate.py", "--config", "configs/ablation.py:quick",
-                           "--config.seed=1", f"--config.workdir={tmp_path}"], cwd=REPO, capture_output=True,
-                          text=True, timeout=300)
+  result = subprocess.run(
+    [
+      sys.executable,
+      "launch/ablate.py",
+      "--config",
+      "configs/ablation.py:quick",
+      "--config.seed=1",
+      f"--config.workdir={tmp_path}",
+    ],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=300,
+  )
   assert result.returncode == 1 and "config has no field 'seed'" in result.stderr and "seeds" in result.stderr
   assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_launcher_end_to_end_on_the_fixture(tmp_path, tiny_model_dir, fixture_data_config):
+  """A tiny ablation through launch/ablate.py: two rates per arm selected on validation, the chosen selection runs
+  scored on test with two evaluators, the report; then a second invocation finds everything finished. (A further
+  seed at the chosen rate trains like a selection run; the fake-training tests cover it.)"""
+  cmd = [
+    sys.executable,
+    "launch/ablate.py",
+    "--config",
+    "configs/ablation.py:quick",
+    f"--config.workdir={tmp_path}",
+    "--config.tasks=search,storyline",
+    "--config.train.data.tasks=search,storyline",
+    "--config.seeds=0",
+    "--config.lr_grid=1e-4,1e-3",
+    f"--config.train.model={tiny_model_dir}",
+    "--config.train.embed_dim=16",
+    f"--config.train.data.index_dir={FIXTURE}",
+    f"--config.train.data.data_dir={fixture_data_config.data_dir}",
+    "--config.train.total_steps=4",
+    "--config.train.data.batch_size=8",
+    "--config.train.data.max_length=32",
+    "--config.train.data.bucket_lengths=(32,)",
+    "--config.train.eval.every_steps=2",
+    "--config.train.checkpoint.every_steps=2",
+    "--config.train.eval.max_examples=20",
+    "--config.train.log_every_steps=1",
+    "--config.affinity_every_steps=2",
+    "--config.evaluation.max_examples=30",
+  ]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  result = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+  assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+  assert "6 trainings in 3 arms" in result.stdout and "Ablation finished" in result.stdout
+  text = (tmp_path / "report.md").read_text()
+  for heading in (
+    "## Summary",
+    "### pair_auc",
+    "### triplet_accuracy_hard",
+    "## Learning-rate selection",
+    "## Time",
+    "### Lookahead task affinity",
+  ):
+    assert heading in text, heading
+  assert (tmp_path / "selection.csv").read_text().count("\n") == 1 + 6
+  assert (tmp_path / "runs.csv").read_text().count("\n") == 1 + 6
+  assert (tmp_path / "transfer_full.png").stat().st_size > 0 and (tmp_path / "affinity_full.png").exists()
+  meta = json.loads(next(tmp_path.glob("full/mtl/lr_*/seed_0/export/postembed.json")).read_text())
+  assert meta["config"]["data"]["task_mixing"] == "all_tasks_per_step" and "val/mean_pair_auc" in meta["validation"]
+  assert len(list(tmp_path.glob("full/*/lr_*/seed_0/result.json"))) == 3  # the chosen rates only
+  again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+  assert again.returncode == 0 and "6 found trained" in again.stdout and "[1]" not in again.stdout

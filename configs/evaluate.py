@@ -1,25 +1,32 @@
 """Evaluate embedding models on one suite: `python launch/evaluate.py --config configs/evaluate.py
 --config.model=NAME_OR_DIR[,NAME_OR_DIR...]`.
 
-A model is `tfidf`, `random_projection`, a packaged model (`all-MiniLM-L6-v2`: the general-purpose base model with
+A model is `tfidf`, `random_projection`, `pca50:<model>` (a frozen model reduced to 50-d by PCA on training posts),
+`dim32:<model>` (a model's first 32 dimensions, renormalised: a Matryoshka export at a smaller width),
+a packaged model (`all-MiniLM-L6-v2`: the general-purpose base model with
 mean pooling, our stand-in for OpenAI ADA), an HF directory, our export, or a training workdir. `:quick` reads fewer
 examples and resamples less (minutes instead of tens of minutes on a 2-core CPU).
 """
 
 import ml_collections
 
-from postembed_jax.data import pipeline
+from postembed_jax import config_args
+from postembed_jax.data import config as data_config
+from postembed_jax.models import hf_io
 from postembed_jax.train import config as training
+
+VARIANTS = config_args.Variants(quick=False)
 
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = VARIANTS.parse(arg)
   c = ml_collections.ConfigDict()
-  c.model = "all-MiniLM-L6-v2,tfidf,random_projection"
+  c.model = f"{hf_io.DEFAULT_MODEL},tfidf,random_projection"
   c.evaluators = "pair_auc,retrieval,classification,zero_shot"  # names in evaluators.EVALUATORS
   c.split = "test"  # test figures carry bootstrap 95% intervals
   c.output_dir = "workdirs/evaluate"  # results.json (all models so far) and results.md
 
-  c.data = pipeline.default_data_config()
+  c.data = data_config.default_data_config()
   c.data.tasks = ",".join(training.TRAINABLE_TASKS)  # pair and classification tasks; zero-shot ones always run
 
   c.evaluation = ml_collections.ConfigDict()  # fields of evaluators.EvalSettings
@@ -35,11 +42,23 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.baseline_fit_texts = 20000  # training descriptions the TF-IDF vocabulary is fitted on
   c.tfidf_max_features = 4096
   c.random_projection_dim = 50  # as wide as our fine-tuned embedding
+  c.pca_fit_texts = 2000  # training posts a `pca<dim>:<model>` PCA is fitted on (as training's projection_init_texts)
   c.seed = 0
-  if arg == "quick":
+
+  # `st_mtl:<model>`: the sentence-transformers multi-task peer (postembed_jax/evaluation/st_peer.py), trained once
+  # into <output_dir>/peers/ on the same tasks and pair budget as configs/mtl.py's main job.
+  c.peer = ml_collections.ConfigDict()
+  c.peer.tasks = ",".join(training.PAIR_TASKS)
+  c.peer.steps = 600  # batches of each task (round-robin)
+  c.peer.batch_size = 32
+  c.peer.lr = 1e-4
+  c.peer.warmup_steps = 50
+  c.peer.max_length = 128
+  c.peer.embed_dim = 50
+  c.peer.scale = 20.0  # MultipleNegativesRankingLoss's default
+  c.peer.seed = 0
+  if args.quick:
     c.evaluation.max_examples = 300
     c.evaluation.probe_train_examples = 1000
     c.evaluation.bootstrap_resamples = 200
-  elif arg:
-    raise ValueError(f"Unknown config variant {arg!r}; valid: 'quick'.")
   return c

@@ -4,13 +4,15 @@ All training tasks share one tower (all-MiniLM-L6-v2 -> 50-d), the paper's BCE-o
 temperature-balanced task sampling. `:quick` is the laptop / test variant.
 """
 
+from postembed_jax import config_args
 from postembed_jax.train import config as common
+
+VARIANTS = config_args.Variants(quick=False)
 
 
 def get_config(arg: str | None = None):
+  args = VARIANTS.parse(arg)
   config = common.training_config(",".join(common.PAIR_TASKS))
-  if arg == "quick":
+  if args.quick:
     common.quick(config)
-  elif arg:
-    raise ValueError(f"Unknown config variant {arg!r}; valid: 'quick'.")
   return config

@@ -8,10 +8,16 @@ one database. `--config configs/serve.py:tiny` gives test-sized settings (short 
 import ml_collections
 from ml_collections import config_dict
 
+from postembed_jax import config_args
+from postembed_jax.models import hf_io
+
+VARIANTS = config_args.Variants(tiny=False)
+
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  args = VARIANTS.parse(arg)
   config = ml_collections.ConfigDict()
-  config.model = "all-MiniLM-L6-v2"  # short name, Hugging Face directory or our export
+  config.model = hf_io.DEFAULT_MODEL  # short name, Hugging Face directory or our export
   config.max_length = config_dict.placeholder(int)  # None: the model's own (sentence-transformers' setting)
   config.dtype = "float32"  # or bfloat16
   config.warmup = True  # compile every (batch, length) shape before serving, so no request waits on XLA
@@ -22,7 +28,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.max_batch = 32  # posts per worker batch: one store commit, one index add
   # Rows per model call; each worker batch is sorted by length first, so rows are padded only to their own bucket.
-  # On a 2-core CPU one row is fastest (real Debian posts: 44 posts/s at 1, 20 at 8, 6.5 at 32); raise it on GPU/TPU.
+  # On a CPU one row is fastest (docs/serving.md); raise it on GPU/TPU.
   config.embed_batch_size = 1
   config.max_wait_ms = 20.0  # how long the first queued post may wait for others to fill a batch
   config.max_queue = 4096  # queued (accepted, not yet embedded) posts before the API answers 429
@@ -38,7 +44,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.log_level = "info"
   config.access_log = True  # one log line per request; turn off for load tests
   config.compilation_cache_dir = config_dict.placeholder(str)  # JAX persistent cache: faster restarts
-  if arg == "tiny":
+  if args.tiny:
     config.max_length = 64
     config.max_batch = 8
     config.warmup = False

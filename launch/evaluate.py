@@ -5,13 +5,11 @@ postembed_jax.evaluation.suite, so a notebook can call run_suite(config) the sam
 """
 
 from absl import app, logging
-from ml_collections import config_flags
 
 from postembed_jax import config_overrides
 from postembed_jax.evaluation.suite import run_suite
 
-config_overrides.exit_on_unknown_override(default="configs/evaluate.py")
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/evaluate.py", "Evaluation config.")
+_CONFIG = config_overrides.define_config_flag("configs/evaluate.py", "Evaluation config.")
 
 
 def main(argv):

@@ -4,13 +4,11 @@ Re-running with the same --workdir resumes from its latest checkpoint. All logic
 """
 
 from absl import app, flags, logging
-from ml_collections import config_flags
 
 from postembed_jax import config_overrides
 from postembed_jax.train.loop import train_and_evaluate
 
-config_overrides.exit_on_unknown_override(default="configs/mtl.py")
-_CONFIG = config_flags.DEFINE_config_file("config", "configs/mtl.py", "Training config.")
+_CONFIG = config_overrides.define_config_flag("configs/mtl.py", "Training config.")
 _WORKDIR = flags.DEFINE_string("workdir", "workdirs/mtl", "Checkpoints, metrics and the export go here.")
 
 
@@ -18,8 +16,10 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # Orbax logs every file it writes at INFO
   metrics = train_and_evaluate(_CONFIG.value, _WORKDIR.value)
-  print("Final validation: " + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items())
-                                         if not k.endswith(("_low", "_high"))))
+  print(
+    "Final validation: "
+    + ", ".join(f"{k}={v:.4f}" for k, v in sorted(metrics.items()) if not k.endswith(("_low", "_high")))
+  )
 
 
 if __name__ == "__main__":

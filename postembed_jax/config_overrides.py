@@ -1,8 +1,9 @@
-"""Fail early and helpfully on a mistyped ``--config.some.field=value`` override.
+"""The one way launchers, benchmarks and tests load a config file and take ``--config.FIELD=VALUE`` overrides.
 
-ml_collections only suggests the nearest key; a researcher running a sweep wants the valid keys listed, before
-any work starts. Every launcher calls ``exit_on_unknown_override`` before defining its config flag (ml_collections
-applies overrides to a default config file as soon as the flag is defined).
+ml_collections only suggests the nearest key for a mistyped override; a researcher running a sweep wants the valid
+keys listed, before any work starts, and ``--help`` to show what can be set. Every launcher defines its config flag
+with ``define_config_flag``, which checks the overrides against the config named on the command line first
+(ml_collections applies overrides as soon as the flag is defined) and lists the config's fields in the flag's help.
 """
 
 from __future__ import annotations
@@ -10,6 +11,13 @@ from __future__ import annotations
 import importlib.util
 import sys
 from pathlib import Path
+
+from absl import flags
+from ml_collections import config_flags
+
+from postembed_jax import config_args
+
+flags.disclaim_key_flags()  # flags defined through this module belong to the launcher, so --help lists them
 
 
 def _config_arg(argv: list[str], flag: str) -> str | None:
@@ -21,13 +29,21 @@ def _config_arg(argv: list[str], flag: str) -> str | None:
   return None
 
 
-def load_config(spec: str):
-  """``path/to/config.py[:arg]`` -> the ConfigDict its ``get_config(arg)`` returns."""
-  path, _, arg = spec.partition(":")
+def load_module(path: str):
+  """The config file at ``path`` as a module (not added to sys.modules)."""
   module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
+  if module_spec is None or not Path(path).is_file():
+    raise FileNotFoundError(f"No config file {path!r}.")
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
-  return module.get_config(arg) if arg else module.get_config()
+  return module
+
+
+def load_config(spec: str):
+  """``path/to/config.py[:arg]`` -> the ConfigDict its ``get_config(arg)`` returns, as ``--config`` loads it."""
+  path, colon, arg = str(spec).partition(":")
+  module = load_module(path)
+  return module.get_config(arg) if colon else module.get_config()
 
 
 def unknown_override(config, argv: list[str], flag: str = "config") -> str | None:
@@ -35,20 +51,64 @@ def unknown_override(config, argv: list[str], flag: str = "config") -> str | Non
   for arg in argv:
     if not arg.startswith(f"--{flag}."):
       continue
-    dotted = arg[len(flag) + 3:].split("=", 1)[0]
+    dotted = arg[len(flag) + 3 :].split("=", 1)[0]
     node, walked = config, []
     for key in dotted.split("."):
       keys = list(node.keys()) if hasattr(node, "keys") else []
       if key not in keys:
         where = ".".join([flag, *walked]) or flag
-        return (f"Unknown config field --{flag}.{dotted}: {where} has no field {key!r}. "
-                f"Valid fields of {where}: {', '.join(sorted(keys))}.")
+        return (
+          f"Unknown config field --{flag}.{dotted}: {where} has no field {key!r}. "
+          f"Valid fields of {where}: {', '.join(sorted(keys))}."
+        )
       node, walked = node[key], walked + [key]
   return None
 
 
-def exit_on_unknown_override(default: str, flag: str = "config") -> None:
-  """Checks ``sys.argv``'s config overrides against the config file named there (or ``default``)."""
-  message = unknown_override(load_config(_config_arg(sys.argv, flag) or default), sys.argv, flag)
+def _load_or_exit(spec: str, flag: str):
+  try:
+    return load_config(spec)
+  except (config_args.ConfigArgError, FileNotFoundError) as e:
+    sys.exit(f"--{flag} {spec}: {e}")
+
+
+def exit_on_unknown_override(spec: str, flag: str = "config"):
+  """The config ``spec`` names, after checking ``sys.argv``'s overrides against it; exits with one line if not."""
+  config = _load_or_exit(spec, flag)
+  message = unknown_override(config, sys.argv, flag)
   if message:
     sys.exit(message)
+  return config
+
+
+def field_lines(config, prefix: str = "") -> list[str]:
+  """``dotted.field = default`` for every leaf of ``config``; unset placeholders show their type."""
+  lines = []
+  for key, value in config.items():
+    name = f"{prefix}{key}"
+    if hasattr(value, "items"):
+      lines += field_lines(value, f"{name}.")
+    elif value is None and config.get_type(key) is not type(None):
+      lines.append(f"{name} = None ({config.get_type(key).__name__})")
+    else:
+      lines.append(f"{name} = {value!r}")
+  return lines
+
+
+def config_help(spec: str, summary: str, flag: str = "config", config=None) -> str:
+  """The config flag's help: what it is, the file's variants and every field with its default."""
+  path, _, _ = spec.partition(":")
+  config = load_config(spec) if config is None else config
+  variants = getattr(load_module(path), "VARIANTS", None)
+  lines = [f"{summary} A config file, path[:arg]."]
+  if variants is not None and variants.spec:
+    lines.append(f"Arguments of {path}: {variants.describe()}.")
+  lines.append(f"Fields of {spec}, each set with --{flag}.FIELD=VALUE (defaults shown):")
+  return "\n".join(lines + [f"{flag}.{line}" for line in field_lines(config)])
+
+
+def define_config_flag(default: str, summary: str, flag: str = "config") -> flags.FlagHolder:
+  """The launcher's ``--config`` flag: exits at once on a mistyped field, and its help lists every field."""
+  spec = _config_arg(sys.argv, flag) or default
+  config = exit_on_unknown_override(spec, flag)
+  return config_flags.DEFINE_config_file(flag, default, config_help(spec, summary, flag, config))

@@ -18,19 +18,49 @@ def test_unknown_nested_field_lists_valid_fields():
 
 
 def test_launcher_exits_with_the_message():
-  result = subprocess.run([sys.executable, "launch/train.py", "--config=configs/stl.py:search,quick",
-                           "--config.data.taks=search"], cwd=REPO, capture_output=True, text=True, timeout=120)
+  result = subprocess.run(
+    [sys.executable, "launch/train.py", "--config=configs/stl.py:search,quick", "--config.data.taks=search"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
   assert result.returncode == 1
   assert "config.data has no field 'taks'" in result.stderr and "tasks" in result.stderr
 
 
 def test_ablation_variants_share_everything_but_their_budget():
-  """The default ablation is the quick one's training setup at a larger budget; :long is the main job's."""
-  default, quick, long = (config_overrides.load_config(str(REPO / f"configs/ablation.py{v}"))
-                          for v in ("", ":quick", ":long"))
+  """The default ablation is the quick one's training setup at a larger budget; :long has the main job's batch
+  and lengths."""
+  default, quick, long = (
+    config_overrides.load_config(str(REPO / f"configs/ablation.py{v}")) for v in ("", ":quick", ":long")
+  )
   main_job = config_overrides.load_config(str(REPO / "configs/mtl.py"))
-  assert (default.train.total_steps, quick.train.total_steps, long.train.total_steps) == (250, 40, 600)
+  assert (default.train.total_steps, quick.train.total_steps, long.train.total_steps) == (150, 40, 2000)
   assert default.train.data.max_length == quick.train.data.max_length == 64
-  assert (long.train.data.max_length, long.train.data.batch_size) == (main_job.data.max_length,
-                                                                      main_job.data.batch_size)
+  assert (long.train.data.max_length, long.train.data.batch_size) == (
+    main_job.data.max_length,
+    main_job.data.batch_size,
+  )
   assert len(default.tasks.split(",")) == 5 and len(default.seeds.split(",")) >= 3
+
+
+def test_help_text_lists_every_field_with_its_default():
+  text = config_overrides.config_help(str(REPO / "configs/stl.py:search,quick"), "Training config.")
+  assert "task=interest|hashtag|" in text and "quick (flag, default off)" in text
+  assert "config.total_steps = 60" in text and "config.optim.lr = 0.0001" in text
+  assert "config.init_checkpoint = None (str)" in text and "config.data.tasks = 'search'" in text
+
+
+def test_launcher_exits_on_an_unknown_config_variant():
+  result = subprocess.run(
+    [sys.executable, "launch/train.py", "--config=configs/mtl.py:quik"],
+    cwd=REPO,
+    capture_output=True,
+    text=True,
+    timeout=120,
+  )
+  assert result.returncode == 1
+  assert result.stderr.strip() == (
+    "--config configs/mtl.py:quik: Unknown config variant 'quik' in 'quik'; valid: quick (flag, default off)."
+  )

@@ -14,6 +14,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 def debian_descriptions(n: int, split: str = "train", seed: int = 0) -> list[str]:
   """``n`` distinct English long descriptions from the Debian corpus (built on first use), in a seeded order."""
   from postembed_jax.data import debian
+
   texts = sorted({r["description"] for r in debian.load_records(split) if r["description"].strip()})
   order = np.random.default_rng(seed).permutation(len(texts))[:n]
   return [texts[i] for i in order]
@@ -32,8 +33,14 @@ def interleaved_timings(first, second, repeats: int) -> tuple[list[float], list[
 
 def machine() -> dict:
   import jax
-  return {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-          "cpus": os.cpu_count(), "jax_backend": jax.default_backend(), "jax": jax.__version__}
+
+  return {
+    "platform": platform.platform(),
+    "processor": platform.processor() or platform.machine(),
+    "cpus": os.cpu_count(),
+    "jax_backend": jax.default_backend(),
+    "jax": jax.__version__,
+  }
 
 
 def write_result(name: str, result: dict, rows: list[tuple[str, str]]) -> None:

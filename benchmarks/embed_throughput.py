@@ -24,12 +24,13 @@ def main():
   parser.add_argument("--repeats", type=int, default=3)
   args = parser.parse_args()
 
+  import pyarrow.parquet as pq
   import torch
   from sentence_transformers import SentenceTransformer
+
   from postembed_jax.models import hf_io
+  from postembed_jax.models.embedder import Embedder
   from postembed_jax.serving import batch_embed
-  from postembed_jax.serving.embedder import Embedder
-  import pyarrow.parquet as pq
 
   texts = common.debian_descriptions(args.posts)
   model_dir = hf_io.resolve_model_dir("all-MiniLM-L6-v2")
@@ -56,23 +57,29 @@ def main():
   max_diff = float(np.abs(mine - theirs).max())
 
   result = {
-      "command": "python -m benchmarks.embed_throughput " + " ".join(
-          f"--{k}={v}" for k, v in vars(args).items()),
-      "machine": common.machine(), "torch_threads": torch.get_num_threads(),
-      "posts": len(texts), "max_length": args.max_length, "batch_size": args.batch_size,
-      "postembed_jax_posts_per_s": len(texts) / min(ours_s),
-      "sentence_transformers_posts_per_s": len(texts) / min(ref_s),
-      "speedup": min(ref_s) / min(ours_s),
-      "max_abs_diff": max_diff,
-      "timings_s": {"postembed_jax": ours_s, "sentence_transformers": ref_s},
+    "command": "python -m benchmarks.embed_throughput " + " ".join(f"--{k}={v}" for k, v in vars(args).items()),
+    "machine": common.machine(),
+    "torch_threads": torch.get_num_threads(),
+    "posts": len(texts),
+    "max_length": args.max_length,
+    "batch_size": args.batch_size,
+    "postembed_jax_posts_per_s": len(texts) / min(ours_s),
+    "sentence_transformers_posts_per_s": len(texts) / min(ref_s),
+    "speedup": min(ref_s) / min(ours_s),
+    "max_abs_diff": max_diff,
+    "timings_s": {"postembed_jax": ours_s, "sentence_transformers": ref_s},
   }
   assert max_diff < 1e-4, f"outputs disagree: max abs diff {max_diff}"
-  common.write_result("embed_throughput", result, [
+  common.write_result(
+    "embed_throughput",
+    result,
+    [
       ("postembed_jax (launch/embed.py path)", f"{result['postembed_jax_posts_per_s']:.1f} posts/s"),
       ("sentence-transformers encode", f"{result['sentence_transformers_posts_per_s']:.1f} posts/s"),
       ("speed-up", f"{result['speedup']:.2f}x"),
       ("max abs difference of embeddings", f"{max_diff:.1e}"),
-  ])
+    ],
+  )
 
 
 if __name__ == "__main__":

@@ -14,7 +14,6 @@ against exact search, with queries the service never saw.
 
 import argparse
 import asyncio
-import importlib.util
 import json
 import os
 import re
@@ -30,6 +29,7 @@ import httpx
 import numpy as np
 
 from benchmarks import common
+from postembed_jax import config_overrides
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_P99_S = 1.0
@@ -37,10 +37,7 @@ TARGET_P99_S = 1.0
 
 def service_config():
   """configs/serve.py's defaults, which the benchmarked service runs with (plus the flags it is given)."""
-  spec = importlib.util.spec_from_file_location("serve_config", REPO / "configs" / "serve.py")
-  module = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(module)
-  return module.get_config()
+  return config_overrides.load_config(str(REPO / "configs" / "serve.py"))
 
 
 class Service:
@@ -50,9 +47,22 @@ class Service:
     self.log_path = workdir / "service.log"
     self._log = open(self.log_path, "w")
     self.proc = subprocess.Popen(
-        [sys.executable, "launch/serve.py", "--config", "configs/serve.py", "--config.port=0",
-         f"--config.db_path={workdir / 'posts.sqlite3'}", f"--config.index_path={workdir / 'posts.usearch'}",
-         "--config.access_log=False", *flags], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      [
+        sys.executable,
+        "launch/serve.py",
+        "--config",
+        "configs/serve.py",
+        "--config.port=0",
+        f"--config.db_path={workdir / 'posts.sqlite3'}",
+        f"--config.index_path={workdir / 'posts.usearch'}",
+        "--config.access_log=False",
+        *flags,
+      ],
+      cwd=REPO,
+      stdout=subprocess.PIPE,
+      stderr=subprocess.STDOUT,
+      text=True,
+    )
     self.url = None
     ready = threading.Event()
 
@@ -82,8 +92,9 @@ class Service:
       self.proc.wait(30)
 
 
-async def run_phase(url: str, texts: list[str], first_id: int, rate: float, duration_s: float,
-                    per_request: int = 1) -> dict:
+async def run_phase(
+  url: str, texts: list[str], first_id: int, rate: float, duration_s: float, per_request: int = 1
+) -> dict:
   """Open-loop arrivals at ``rate`` posts/s, ``per_request`` posts per request (POST /posts or /posts/batch); per
   post: send time, answer, ack time. Samples the queue depth too."""
   n = int(rate * duration_s) // per_request * per_request
@@ -98,8 +109,11 @@ async def run_phase(url: str, texts: list[str], first_id: int, rate: float, dura
       body = [dict(id=f"b{first_id + i}", text=texts[i]) for i in range(first, first + per_request)]
       sends[posts] = time.time()
       try:
-        r = await (client.post("/posts", json=body[0]) if per_request == 1 else
-                   client.post("/posts/batch", json=dict(posts=body)))
+        r = await (
+          client.post("/posts", json=body[0])
+          if per_request == 1
+          else client.post("/posts/batch", json=dict(posts=body))
+        )
         codes[posts] = r.status_code
         if r.status_code == 429:
           retry_after.append(int(r.headers["Retry-After"]))
@@ -128,9 +142,16 @@ async def run_phase(url: str, texts: list[str], first_id: int, rate: float, dura
     stop.set()
     await sampler
   ids = [f"b{first_id + i}" for i in range(n)]
-  return dict(ids=ids, sends=sends, acks=acks, codes=codes, max_queue_depth=max(depths, default=0),
-              achieved_rate=n / (sends.max() - sends.min() + per_request / rate), failures=failures,
-              retry_after=retry_after)
+  return dict(
+    ids=ids,
+    sends=sends,
+    acks=acks,
+    codes=codes,
+    max_queue_depth=max(depths, default=0),
+    achieved_rate=n / (sends.max() - sends.min() + per_request / rate),
+    failures=failures,
+    retry_after=retry_after,
+  )
 
 
 def wait_drained(client: httpx.Client, timeout_s: float = 600) -> float:
@@ -150,22 +171,34 @@ def summarize(client: httpx.Client, phase: dict, rate: float) -> dict:
   ack = (phase["acks"] - phase["sends"])[accepted]
   pct = lambda v, q: round(float(np.percentile(v, q)), 4) if len(v) else None
   return dict(
-      rate=rate, achieved_rate=round(phase["achieved_rate"], 2), posts=len(phase["codes"]), accepted=len(accepted),
-      rejected_429=int(np.sum(phase["codes"] == 429)), errors=int(np.sum((phase["codes"] != 202) &
-                                                                        (phase["codes"] != 429))),
-      max_queue_depth=phase["max_queue_depth"], failures=phase["failures"][:5],
-      retry_after_s=(dict(min=min(phase["retry_after"]), max=max(phase["retry_after"]))
-                     if phase["retry_after"] else None),
-      searchable_s=dict(p50=pct(latency, 50), p90=pct(latency, 90), p99=pct(latency, 99),
-                        max=pct(latency, 100), mean=round(float(latency.mean()), 4) if len(latency) else None),
-      ack_s=dict(p50=pct(ack, 50), p99=pct(ack, 99), max=pct(ack, 100)))
+    rate=rate,
+    achieved_rate=round(phase["achieved_rate"], 2),
+    posts=len(phase["codes"]),
+    accepted=len(accepted),
+    rejected_429=int(np.sum(phase["codes"] == 429)),
+    errors=int(np.sum((phase["codes"] != 202) & (phase["codes"] != 429))),
+    max_queue_depth=phase["max_queue_depth"],
+    failures=phase["failures"][:5],
+    retry_after_s=(
+      dict(min=min(phase["retry_after"]), max=max(phase["retry_after"])) if phase["retry_after"] else None
+    ),
+    searchable_s=dict(
+      p50=pct(latency, 50),
+      p90=pct(latency, 90),
+      p99=pct(latency, 99),
+      max=pct(latency, 100),
+      mean=round(float(latency.mean()), 4) if len(latency) else None,
+    ),
+    ack_s=dict(p50=pct(ack, 50), p99=pct(ack, 99), max=pct(ack, 100)),
+  )
 
 
 def index_recall(workdir: Path, model: str, max_length, queries: list[str], k: int = 10) -> dict:
   """HNSW (as saved by the service and reloaded) vs brute force, for queries that are not in the index."""
-  from postembed_jax.serving.embedder import Embedder
+  from postembed_jax.models.embedder import Embedder
   from postembed_jax.serving.index import PostIndex
   from postembed_jax.serving.store import PostStore
+
   loaded, _ = PostIndex.load(workdir / "posts.usearch")
   store = PostStore(workdir / "posts.sqlite3")
   try:
@@ -187,43 +220,60 @@ def machine() -> dict:
 
 def overload_line(p: dict, max_queue: int) -> str:
   retry = p["retry_after_s"] and f"Retry-After {p['retry_after_s']['min']}-{p['retry_after_s']['max']} s"
-  return (f"Overload, {p['rate']:.0f} posts/s offered in batch requests for {p['posts'] / p['rate']:.0f} s with the "
-          f"queue bounded at {max_queue}: "
-          f"{p['rejected_429']} of {p['posts']} posts answered 429 ({retry or 'none'}), {p['errors']} errors; "
-          f"all {p['accepted']} accepted posts were embedded (queue drained {p['drain_after_phase_s']} s after "
-          f"the phase; p99 {p['searchable_s']['p99']} s).\n")
+  return (
+    f"Overload, {p['rate']:.0f} posts/s offered in batch requests for {p['posts'] / p['rate']:.0f} s with the "
+    f"queue bounded at {max_queue}: "
+    f"{p['rejected_429']} of {p['posts']} posts answered 429 ({retry or 'none'}), {p['errors']} errors; "
+    f"all {p['accepted']} accepted posts were embedded (queue drained {p['drain_after_phase_s']} s after "
+    f"the phase; p99 {p['searchable_s']['p99']} s).\n"
+  )
 
 
 def markdown(report: dict) -> str:
   s = report["steady"]
   lines = [
-      "# Near-line latency benchmark", "",
-      f"Command: `{report['command']}`  ", f"Date: {report['date']}  ",
-      f"Machine: {report['machine_before']['processor']}, {report['machine_before']['cpus']} cores; load average "
-      f"before {report['machine_before']['load_average_1_5_15']}, "
-      f"after {report['machine_after']['load_average_1_5_15']} "
-      "(other jobs shared the machine when the load is above ~2)  ",
-      f"Service: model `{report['model']}`, flags `{' '.join(report['service_flags']) or '(defaults)'}`, "
-      f"startup incl. warm-up {report['service_startup_s']:.0f} s", "",
-      f"## Steady arrival: {s['rate']} posts/s for {report['duration_s']:.0f} s of real Debian descriptions", "",
-      "| submission -> searchable | p50 | p90 | p99 | max |", "| --- | --- | --- | --- | --- |",
-      f"| seconds | {s['searchable_s']['p50']} | {s['searchable_s']['p90']} | {s['searchable_s']['p99']} | "
-      f"{s['searchable_s']['max']} |", "",
-      f"Target p99 <= {TARGET_P99_S} s: **{'met' if s['searchable_s']['p99'] <= TARGET_P99_S else 'missed'}**. "
-      f"Acknowledgement (durable commit + HTTP): p50 {s['ack_s']['p50']} s, p99 {s['ack_s']['p99']} s. "
-      f"{s['accepted']}/{s['posts']} accepted, max queue depth {s['max_queue_depth']}.", "",
-      "## Rate sweep", "",
-      "| offered posts/s | achieved | accepted | 429 | max queue | p50 s | p99 s |",
-      "| --- | --- | --- | --- | --- | --- | --- |"]
+    "# Near-line latency benchmark",
+    "",
+    f"Command: `{report['command']}`  ",
+    f"Date: {report['date']}  ",
+    f"Machine: {report['machine_before']['processor']}, {report['machine_before']['cpus']} cores; load average "
+    f"before {report['machine_before']['load_average_1_5_15']}, "
+    f"after {report['machine_after']['load_average_1_5_15']} "
+    "(other jobs shared the machine when the load is above ~2)  ",
+    f"Service: model `{report['model']}`, flags `{' '.join(report['service_flags']) or '(defaults)'}`, "
+    f"startup incl. warm-up {report['service_startup_s']:.0f} s",
+    "",
+    f"## Steady arrival: {s['rate']} posts/s for {report['duration_s']:.0f} s of real Debian descriptions",
+    "",
+    "| submission -> searchable | p50 | p90 | p99 | max |",
+    "| --- | --- | --- | --- | --- |",
+    f"| seconds | {s['searchable_s']['p50']} | {s['searchable_s']['p90']} | {s['searchable_s']['p99']} | "
+    f"{s['searchable_s']['max']} |",
+    "",
+    f"Target p99 <= {TARGET_P99_S} s: **{'met' if s['searchable_s']['p99'] <= TARGET_P99_S else 'missed'}**. "
+    f"Acknowledgement (durable commit + HTTP): p50 {s['ack_s']['p50']} s, p99 {s['ack_s']['p99']} s. "
+    f"{s['accepted']}/{s['posts']} accepted, max queue depth {s['max_queue_depth']}.",
+    "",
+    "## Rate sweep",
+    "",
+    "| offered posts/s | achieved | accepted | 429 | max queue | p50 s | p99 s |",
+    "| --- | --- | --- | --- | --- | --- | --- |",
+  ]
   for p in report["sweep"]:
-    lines.append(f"| {p['rate']} | {p['achieved_rate']} | {p['accepted']} | {p['rejected_429']} | "
-                 f"{p['max_queue_depth']} | {p['searchable_s']['p50']} | {p['searchable_s']['p99']} |")
+    lines.append(
+      f"| {p['rate']} | {p['achieved_rate']} | {p['accepted']} | {p['rejected_429']} | "
+      f"{p['max_queue_depth']} | {p['searchable_s']['p50']} | {p['searchable_s']['p99']} |"
+    )
   r = report["index_recall"]
-  lines += ["", f"Highest sustainable rate (no 429, p99 <= {TARGET_P99_S} s): "
-                f"**{report['max_sustainable_rate']} posts/s**.", "",
-            overload_line(report["overload"], report["max_queue"]),
-            f"HNSW recall@{r['k']} against exact search over the {r['indexed']} indexed posts (saved index reloaded, "
-            f"{r['queries']} unseen descriptions as queries): **{r['recall']}**.", ""]
+  lines += [
+    "",
+    f"Highest sustainable rate (no 429, p99 <= {TARGET_P99_S} s): **{report['max_sustainable_rate']} posts/s**.",
+    "",
+    overload_line(report["overload"], report["max_queue"]),
+    f"HNSW recall@{r['k']} against exact search over the {r['indexed']} indexed posts (saved index reloaded, "
+    f"{r['queries']} unseen descriptions as queries): **{r['recall']}**.",
+    "",
+  ]
   return "\n".join(lines)
 
 
@@ -232,16 +282,30 @@ def main():
   parser.add_argument("--model", default="all-MiniLM-L6-v2")
   parser.add_argument("--rate", type=float, default=20.0)
   parser.add_argument("--duration", type=float, default=60.0)
-  parser.add_argument("--sweep", default="20,30,40,50,60,80,120,160,240",
-                      help="rates (posts/s) tried in order; stops after the first that is not sustained")
+  parser.add_argument(
+    "--sweep",
+    default="20,30,40,50,60,80,120,160,240",
+    help="rates (posts/s) tried in order; stops after the first that is not sustained",
+  )
   parser.add_argument("--sweep_duration", type=float, default=20.0)
-  parser.add_argument("--overload", type=float, default=4.0,
-                      help="finally offer this multiple of the highest sustained rate, to see back-pressure")
-  parser.add_argument("--overload_batch", type=int, default=16,
-                      help="posts per request in the overload phase (a bulk producer; one client core can't "
-                           "send single posts that fast)")
-  parser.add_argument("--max_queue", type=int, default=1000,
-                      help="the service's queue bound for this run (about 10-20 s of work at capacity)")
+  parser.add_argument(
+    "--overload",
+    type=float,
+    default=4.0,
+    help="finally offer this multiple of the highest sustained rate, to see back-pressure",
+  )
+  parser.add_argument(
+    "--overload_batch",
+    type=int,
+    default=16,
+    help="posts per request in the overload phase (a bulk producer; one client core can't send single posts that fast)",
+  )
+  parser.add_argument(
+    "--max_queue",
+    type=int,
+    default=1000,
+    help="the service's queue bound for this run (about 10-20 s of work at capacity)",
+  )
   parser.add_argument("--split", default="train")
   parser.add_argument("--recall_queries", type=int, default=300)
   parser.add_argument("--service_flag", action="append", default=[], help="extra --config.* flag for the service")
@@ -251,13 +315,23 @@ def main():
 
   # All distinct descriptions, seeded order, without the few longer than the service accepts.
   texts = [t for t in common.debian_descriptions(10**9, args.split) if len(t) <= service_config().max_text_chars]
-  queries, texts = texts[:args.recall_queries], texts[args.recall_queries:]
-  flags = [f"--config.model={args.model}", f"--config.max_queue={args.max_queue}",
-           "--config.compilation_cache_dir=workdirs/jax_cache", *args.service_flag]
-  report = dict(command=" ".join(["python -m benchmarks.nearline_latency"] + sys.argv[1:]),
-                date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), model=args.model, service_flags=flags,
-                duration_s=args.duration, target_p99_s=TARGET_P99_S, max_queue=args.max_queue,
-                machine_before=machine())
+  queries, texts = texts[: args.recall_queries], texts[args.recall_queries :]
+  flags = [
+    f"--config.model={args.model}",
+    f"--config.max_queue={args.max_queue}",
+    "--config.compilation_cache_dir=workdirs/jax_cache",
+    *args.service_flag,
+  ]
+  report = dict(
+    command=" ".join(["python -m benchmarks.nearline_latency"] + sys.argv[1:]),
+    date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    model=args.model,
+    service_flags=flags,
+    duration_s=args.duration,
+    target_p99_s=TARGET_P99_S,
+    max_queue=args.max_queue,
+    machine_before=machine(),
+  )
   with tempfile.TemporaryDirectory(prefix="nearline_bench_") as tmp:
     workdir = Path(tmp)
     service = Service(workdir, flags)
@@ -271,7 +345,7 @@ def main():
         n = int(rate * duration)
         if used + n > len(texts):
           raise SystemExit(f"Only {len(texts)} distinct posts; lower the rates or durations.")
-        result = asyncio.run(run_phase(service.url, texts[used: used + n], used, rate, duration, per_request))
+        result = asyncio.run(run_phase(service.url, texts[used : used + n], used, rate, duration, per_request))
         used += n
         drain_s = wait_drained(client)
         summary = summarize(client, result, rate)

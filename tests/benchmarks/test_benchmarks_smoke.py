@@ -48,24 +48,27 @@ def test_train_throughput_tiny(tiny_model_dir, tmp_path, monkeypatch):
   assert "## Profile" in md and "pairs/s" in md
 
 
-def test_batch_pairs_recover_the_pipeline_texts(tiny_model_dir, tmp_path):
-  """The raw texts read off the pipeline's batch plan tokenise to exactly the ids of its batches."""
-  from postembed_jax.data import pipeline
+def test_batch_plan_gives_the_texts_of_the_pipeline_batches(tiny_model_dir, tmp_path):
+  """The examples the reference trains on (the iterator's batch plan) tokenise to exactly the ids of its batches,
+  and planning does not move the iterator."""
+  from postembed_jax.data import mixture
   from postembed_jax.models import hf_io
+
   config = train_throughput.load_config("configs/mtl.py")
   config.data.index_dir = str(FIXTURE)
   config.data.data_dir = str(tmp_path / "tfds")
   config.data.batch_size = 4
   tokenizer = hf_io.load_tokenizer(tiny_model_dir)
-  it = pipeline.make_train_iterator(config.data, tokenizer, seed=0)
+  it = mixture.make_train_iterator(config.data, tokenizer, seed=0)
   state = it.get_state()
+  plan = it.batch_plan(12)
+  assert it.get_state() == state
   batches = [next(it) for _ in range(12)]
-  pairs = train_throughput.batch_pairs(it, state, 12)
-  train_throughput.check_pairs(pairs, batches, tokenizer, config.data.max_length)
-  assert {p["task"] for p in pairs} == {b["task"] for b in batches}
-  pairs[0]["left"][0] = "a different text altogether"
+  train_throughput.check_plan(plan, batches, tokenizer, config.data.max_length)
+  assert {p["task"] for p in plan} == {b["task"] for b in batches}
+  plan[0]["examples"][0]["left"] = "a different text altogether"
   with pytest.raises(AssertionError):
-    train_throughput.check_pairs(pairs, batches, tokenizer, config.data.max_length)
+    train_throughput.check_plan(plan, batches, tokenizer, config.data.max_length)
 
 
 def test_flop_count_by_hand():
@@ -86,17 +89,32 @@ def test_peak_by_device_kind():
   assert gpu_mfu.peak_tflops("cpu") is None
 
 
-def test_optimizer_defaults_match_training_config():
+def test_gpu_mfu_trains_with_the_training_config():
+  """The measured step is the training defaults' but for the fields the benchmark names."""
   from postembed_jax.train import config as train_config
-  c = train_config.training_config("search")
-  assert {k: c.optim[k] for k in gpu_mfu.OPTIM_DEFAULTS} == gpu_mfu.OPTIM_DEFAULTS
-  assert c.total_steps == gpu_mfu.TOTAL_STEPS_DEFAULT
+
+  ours, defaults = gpu_mfu.train_config("bfloat16", seed=3).to_dict(), train_config.training_config("search").to_dict()
+  changed = {k for k in defaults if ours[k] != defaults[k]}
+  assert changed == {"embed_dim", "dtype", "seed", "compilation_cache_dir"}
+  assert ours["dtype"] == "bfloat16" and ours["embed_dim"] is None and ours["optim"] == defaults["optim"]
 
 
 def test_gpu_mfu_runs_tiny_on_cpu(tmp_path, monkeypatch):
   monkeypatch.setattr(common, "RESULTS", tmp_path)
-  result = gpu_mfu.main(["--layers=1", "--hidden=16", "--heads=2", "--mlp=32", "--vocab=2000", "--seq_lens=16",
-                         "--batch_sizes=2", "--steps=2", "--warmup=0", "--peak_tflops=1"])
+  result = gpu_mfu.main(
+    [
+      "--layers=1",
+      "--hidden=16",
+      "--heads=2",
+      "--mlp=32",
+      "--vocab=2000",
+      "--seq_lens=16",
+      "--batch_sizes=2",
+      "--steps=2",
+      "--warmup=0",
+      "--peak_tflops=1",
+    ]
+  )
   (row,) = result["rows"]
   cfg = types.SimpleNamespace(hidden_size=16, intermediate_size=32, num_layers=1)
   assert row["tokens_per_step"] == 2 * 2 * 16

@@ -13,8 +13,7 @@ FIXTURE_DIR = REPO / "tests" / "fixtures" / "debian"
 
 def _execute(name: str) -> tuple[str, list[dict]]:
   notebook = nbformat.read(REPO / "colabs" / name, as_version=4)
-  NotebookClient(notebook, timeout=600, kernel_name="python3",
-                 resources=dict(metadata=dict(path=str(REPO)))).execute()
+  NotebookClient(notebook, timeout=600, kernel_name="python3", resources=dict(metadata=dict(path=str(REPO)))).execute()
   outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
   text = "\n".join(o.get("text", "") or o.get("data", {}).get("text/markdown", "") for o in outputs)
   return text, outputs
@@ -26,10 +25,15 @@ def _has_image(outputs: list[dict]) -> bool:
 
 @pytest.mark.slow
 def test_quickstart_trains_embeds_and_plots(tmp_path, monkeypatch):
-  for name, value in dict(POSTEMBED_WORKDIR=str(tmp_path / "run"), POSTEMBED_TASKS="search", POSTEMBED_STEPS="2",
-                          POSTEMBED_SAMPLE="120", POSTEMBED_SPLIT="train",
-                          POSTEMBED_DEBIAN_INDEX_DIR=str(FIXTURE_DIR),
-                          POSTEMBED_DEBIAN_DATA_DIR=str(tmp_path / "tfds")).items():
+  for name, value in dict(
+    POSTEMBED_WORKDIR=str(tmp_path / "run"),
+    POSTEMBED_TASKS="search",
+    POSTEMBED_STEPS="2",
+    POSTEMBED_SAMPLE="120",
+    POSTEMBED_SPLIT="train",
+    POSTEMBED_DEBIAN_INDEX_DIR=str(FIXTURE_DIR),
+    POSTEMBED_DEBIAN_DATA_DIR=str(tmp_path / "tfds"),
+  ).items():
     monkeypatch.setenv(name, value)
   text, outputs = _execute("quickstart.ipynb")
   assert "2 steps of batch 16 on tasks search" in text

@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Recipe choices of the main job, each measured on the VALIDATION split only (issue: the paper's protocol):
+# every task in every step, 5 pair tasks, 16 pairs per task and step, max length 64, 120 steps, on the real corpus.
+# Usage: bash docs/recipes/sweep.sh [variant ...]   (default: all); results: docs/recipes/results.md
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+COMMON=(--config configs/mtl.py --config.data.task_mixing=all_tasks_per_step --config.data.batch_size=16
+        --config.data.max_length=64 "--config.data.bucket_lengths=(32,64)" --config.total_steps=120
+        --config.optim.warmup_steps=12 --config.eval.every_steps=40 --config.eval.max_examples=300
+        --config.eval.evaluators=pair_auc,hard_negatives --config.checkpoint.every_steps=40 --config.log_every_steps=10)
+declare -A VARIANT=(
+  [base]=""
+  [pca_init]="--config.projection_init=pca"
+  [infonce]="--config.task_losses.search=infonce --config.task_losses.storyline=infonce --config.task_losses.translation=infonce"
+  [matryoshka]="--config.matryoshka_dims=16,32"
+  [initial_loss]="--config.task_weighting=initial_loss"
+)
+ORDER=(base pca_init infonce matryoshka initial_loss)
+for name in "${@:-${ORDER[@]}}"; do
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  python launch/train.py "${COMMON[@]}" ${VARIANT[$name]} --workdir "workdirs/recipes/$name" > "workdirs/recipes_$name.log" 2>&1
+  echo "$name: $(( $(date +%s) - start )) s" | tee -a workdirs/recipes_times.txt
+done
+python - <<'PY'
+import json, pathlib
+rows = []
+for d in sorted(pathlib.Path("workdirs/recipes").iterdir()):
+  meta = json.loads((d / "export" / "postembed.json").read_text())
+  rows.append((d.name, meta["step"], meta["validation"]))
+keys = sorted({k for _, _, v in rows for k in v if k.endswith(("pair_auc", "pair_auc_hard", "triplet_accuracy_hard"))})
+lines = ["| metric (validation) | " + " | ".join(n for n, _, _ in rows) + " |", "|---" * (len(rows) + 1) + "|",
+         "| best step | " + " | ".join(str(s) for _, s, _ in rows) + " |"]
+lines += [f"| {k} | " + " | ".join(f"{v.get(k, float('nan')):.3f}" for _, _, v in rows) + " |" for k in keys]
+pathlib.Path("docs/recipes/results.md").write_text("\n".join(lines) + "\n")
+print("\n".join(lines))
+PY

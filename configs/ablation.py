@@ -1,6 +1,6 @@
 """Transfer ablation: `python launch/ablate.py --config configs/ablation.py[:quick][,capped|scarce] [--config.F=V]`.
 
-The paper's protocol (postembed_jax/ablation/runner.py has the details): the multi-task model (MTL, one batch of
+The paper's protocol (postembed_jax/ablation/plan.py has the details): the multi-task model (MTL, one batch of
 every task per step, `data.task_mixing="all_tasks_per_step"`) against one single-task model (STL) per task, with the
 same maximum steps and per-task batch size, every run early-stopped on validation and exported at its best
 validation checkpoint, each arm's learning rate chosen on validation from `lr_grid` (seed `selection_seed`), then

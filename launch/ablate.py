@@ -14,7 +14,7 @@ from pathlib import Path
 from absl import app, logging
 
 from postembed_jax import config_overrides
-from postembed_jax.ablation import runner
+from postembed_jax.ablation import plan, runner
 from postembed_jax.ablation.report import write_report
 from postembed_jax.data.lists import as_list
 
@@ -35,7 +35,7 @@ def main(argv):
     tasks=as_list(config.tasks),
     selection=outcome.selection,
     runs=outcome.runs,
-    protocol=runner.describe(config),
+    protocol=plan.describe(config),
     command="python " + " ".join(map(shlex.quote, sys.argv)),
     wall_seconds=wall,
   )

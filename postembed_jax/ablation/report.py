@@ -1,377 +1,21 @@
-"""The ablation's statistics, tables and plots: does multi-task training transfer positively to each task?
+"""The ablation's report: the plots, the Markdown tables and ``write_report``, which writes the CSVs of
+statistics.py, report.md and the PNGs into the ablation's workdir.
 
-Per regime, task and every test metric the evaluators produced: the multi-task (MTL) and single-task (STL) means over
-seeds with t-based 95% intervals, the relative change (MTL - STL) / STL, and a paired t-test over seed-matched runs
-(seed s of MTL against seed s of STL); Welch's unpaired test is a second column, since where the seeds share little
-between the arms the pairing buys nothing and costs degrees of freedom. A metric is significantly better or worse
-at p < 0.05 of the paired test. Beside them: the lookahead affinity the MTL runs logged and how well it ranks the
-measured transfer (Spearman), the learning-rate selection on validation (every grid run, the losers too), and every
-run's wall time.
+Per regime: the summary of better / not different / worse tasks, the transfer table of each metric (MTL and STL with
+intervals, relative change, paired and Welch p-values, verdict), its plot, the leave-one-task-out matrix, the
+lookahead affinity beside the measured transfer, then the learning-rate selection and every run's time. The numbers
+all come from statistics.py; this module only lays them out.
 """
 
 from __future__ import annotations
 
-import csv
 import math
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
-from scipy import stats
 
-from postembed_jax.train import affinity as affinity_lib
-
-CSV_FIELDS = ("regime", "focus", "variant", "lr", "seed", "task", "metric", "value", "train_seconds", "workdir")
-TRANSFER_FIELDS = (
-  "regime",
-  "task",
-  "metric",
-  "n_mtl",
-  "mtl_mean",
-  "mtl_ci_low",
-  "mtl_ci_high",
-  "n_stl",
-  "stl_mean",
-  "stl_ci_low",
-  "stl_ci_high",
-  "relative_change",
-  "n_paired",
-  "mean_difference",
-  "p_paired",
-  "p_welch",
-  "significant",
-  "verdict",
-)
-SUMMARY_FIELDS = ("regime", "metric", "tasks", "mean_relative_change", "better", "not_different", "worse", "untested")
-SELECTION_FIELDS = (
-  "regime",
-  "focus",
-  "variant",
-  "lr",
-  "seed",
-  "selection_metric",
-  "value",
-  "best_step",
-  "steps",
-  "train_seconds",
-  "chosen",
-)
-RUN_FIELDS = (
-  "run",
-  "phase",
-  "regime",
-  "focus",
-  "variant",
-  "lr",
-  "seed",
-  "steps",
-  "best_step",
-  "train_seconds",
-  "eval_seconds",
-  "total_seconds",
-)
-VERDICTS = ("better", "not different", "worse", "untested")
-
-
-def result_rows(results: Sequence[dict], metrics: Sequence[str] | None = None) -> list[dict]:
-  """One row per (run, task, metric) of the runs' test metrics (``<task>/<metric>`` keys of the tasks a run is
-  scored on; interval bounds left out), every metric unless ``metrics`` names some: the content of results.csv."""
-  rows = []
-  for r in results:
-    for key, value in r["metrics"].items():
-      task, _, metric = key.partition("/")
-      if task in r["eval_tasks"] and metric and "/" not in metric and (metrics is None or metric in metrics):
-        rows.append(
-          {
-            "regime": r.get("regime", "full"),
-            "focus": r.get("focus", ""),
-            "variant": r["variant"],
-            "lr": r.get("lr"),
-            "seed": r["seed"],
-            "task": task,
-            "metric": metric,
-            "value": float(value),
-            "train_seconds": r.get("train_seconds", math.nan),
-            "workdir": r.get("workdir", f"{r['variant']}/seed_{r['seed']}"),
-          }
-        )
-  return rows
-
-
-def write_csv(rows: Sequence[dict], path: Path, fields: Sequence[str] = CSV_FIELDS) -> None:
-  with open(path, "w", newline="") as f:
-    writer = csv.DictWriter(f, fieldnames=fields, extrasaction="ignore")
-    writer.writeheader()
-    writer.writerows(rows)
-
-
-def _float(value) -> float | None:
-  return None if value in (None, "") else float(value)
-
-
-def read_csv(path: Path) -> list[dict]:
-  """results.csv back as rows; a file of the older layout (no regime, lr or workdir column) reads as the full
-  regime with runs in ``<variant>/seed_<s>``."""
-  with open(path, newline="") as f:
-    rows = []
-    for r in csv.DictReader(f):
-      seed = int(r["seed"])
-      rows.append(
-        {
-          "regime": r.get("regime") or "full",
-          "focus": r.get("focus") or "",
-          "variant": r["variant"],
-          "lr": _float(r.get("lr")),
-          "seed": seed,
-          "task": r["task"],
-          "metric": r["metric"],
-          "value": float(r["value"]),
-          "train_seconds": _float(r.get("train_seconds")),
-          "workdir": r.get("workdir") or f"{r['variant']}/seed_{seed}",
-        }
-      )
-    return rows
-
-
-def mean_interval(values: Sequence[float], confidence: float = 0.95) -> tuple[float, float, float]:
-  """(mean, low, high): Student-t interval of the mean over seeds (a point when there is one seed)."""
-  values = np.asarray(values, np.float64)
-  mean = float(values.mean())
-  if len(values) < 2 or np.ptp(values) == 0:
-    return mean, mean, mean
-  low, high = stats.t.interval(confidence, len(values) - 1, loc=mean, scale=stats.sem(values))
-  return mean, float(low), float(high)
-
-
-def paired_test(mtl: dict[int, float], stl: dict[int, float]) -> tuple[int, float, float]:
-  """(pairs, mean difference MTL - STL, p) of the paired t-test over the seeds both sides have; p is nan with
-  fewer than 2 pairs, 1 when every difference is 0 and 0 when all differences are equal and non-zero."""
-  seeds = sorted(set(mtl) & set(stl))
-  diff = np.array([mtl[s] - stl[s] for s in seeds], np.float64)
-  mean = float(diff.mean()) if len(diff) else math.nan
-  if len(diff) < 2:
-    return len(diff), mean, math.nan
-  if np.ptp(diff) == 0:
-    return len(diff), mean, 1.0 if diff[0] == 0 else 0.0
-  return len(diff), mean, float(stats.ttest_rel([mtl[s] for s in seeds], [stl[s] for s in seeds]).pvalue)
-
-
-def welch_p(mtl: Sequence[float], stl: Sequence[float]) -> float:
-  if min(len(mtl), len(stl)) < 2:
-    return math.nan
-  with warnings.catch_warnings():
-    warnings.simplefilter("ignore", RuntimeWarning)  # zero variance on both sides: nan, as returned
-    return float(stats.ttest_ind(mtl, stl, equal_var=False).pvalue)
-
-
-def verdict(p: float, difference: float, alpha: float = 0.05) -> str:
-  if not math.isfinite(p):
-    return "untested"
-  if p < alpha and difference != 0:
-    return "better" if difference > 0 else "worse"
-  return "not different"
-
-
-def _by_seed(rows, regime: str, variant: str, task: str, metric: str) -> dict[int, float]:
-  return {
-    r["seed"]: r["value"]
-    for r in rows
-    if r["regime"] == regime and r["variant"] == variant and r["task"] == task and r["metric"] == metric
-  }
-
-
-def transfer_table(rows: Sequence[dict], *, alpha: float = 0.05) -> list[dict]:
-  """Per regime, metric and task that has both MTL and STL results: means, intervals, relative change, the paired
-  and the Welch p-values, and the paired test's verdict at ``alpha``."""
-  rows = [dict(r, regime=r.get("regime", "full")) for r in rows]
-  out = []
-  for regime in dict.fromkeys(r["regime"] for r in rows):
-    mtl_rows = [r for r in rows if r["regime"] == regime and r["variant"] == "mtl"]
-    for metric in dict.fromkeys(r["metric"] for r in mtl_rows):
-      for task in dict.fromkeys(r["task"] for r in mtl_rows if r["metric"] == metric):
-        mtl, stl = (_by_seed(rows, regime, v, task, metric) for v in ("mtl", f"stl-{task}"))
-        if not stl:
-          continue
-        (m_mean, m_low, m_high), (s_mean, s_low, s_high) = (
-          mean_interval(list(mtl.values())),
-          mean_interval(list(stl.values())),
-        )
-        n_paired, difference, p_paired = paired_test(mtl, stl)
-        label = verdict(p_paired, difference, alpha)
-        out.append(
-          {
-            "regime": regime,
-            "task": task,
-            "metric": metric,
-            "n_mtl": len(mtl),
-            "mtl_mean": m_mean,
-            "mtl_ci_low": m_low,
-            "mtl_ci_high": m_high,
-            "n_stl": len(stl),
-            "stl_mean": s_mean,
-            "stl_ci_low": s_low,
-            "stl_ci_high": s_high,
-            "relative_change": (m_mean - s_mean) / s_mean if s_mean else math.nan,
-            "n_paired": n_paired,
-            "mean_difference": difference,
-            "p_paired": p_paired,
-            "p_welch": welch_p(list(mtl.values()), list(stl.values())),
-            "significant": label in ("better", "worse"),
-            "verdict": label,
-          }
-        )
-  return out
-
-
-def transfer_summary(table: Sequence[dict]) -> list[dict]:
-  """Per regime and metric: tasks compared, mean relative change, and how many are significantly better, not
-  different, significantly worse (or untested, with fewer than 2 seed pairs)."""
-  out = []
-  for regime, metric in dict.fromkeys((r["regime"], r["metric"]) for r in table):
-    part = [r for r in table if r["regime"] == regime and r["metric"] == metric]
-    counts = {v: sum(r["verdict"] == v for r in part) for v in VERDICTS}
-    out.append(
-      {
-        "regime": regime,
-        "metric": metric,
-        "tasks": len(part),
-        "mean_relative_change": float(np.mean([r["relative_change"] for r in part])),
-        "better": counts["better"],
-        "not_different": counts["not different"],
-        "worse": counts["worse"],
-        "untested": counts["untested"],
-      }
-    )
-  return out
-
-
-def pick(table: Sequence[dict], regime: str, metric: str) -> list[dict]:
-  return [r for r in table if r["regime"] == regime and r["metric"] == metric]
-
-
-def leave_one_out_matrix(rows: Sequence[dict], tasks: Sequence[str]) -> np.ndarray | None:
-  """[k, j] = (MTL_j - LOTO(-k)_j) / LOTO(-k)_j for rows of one regime and metric: how much having task k in the
-  mix helps task j (nan on the diagonal); None without leave-one-task-out runs."""
-  if not any(r["variant"].startswith("loto-") for r in rows):
-    return None
-
-  def values(variant, task):
-    return [r["value"] for r in rows if r["variant"] == variant and r["task"] == task]
-
-  out = np.full((len(tasks), len(tasks)), np.nan)
-  for k, left_out in enumerate(tasks):
-    for j, task in enumerate(tasks):
-      mtl, loto = values("mtl", task), values(f"loto-{left_out}", task)
-      if j != k and mtl and loto:
-        out[k, j] = (np.mean(mtl) - np.mean(loto)) / np.mean(loto)
-  return out
-
-
-def mean_affinity(mtl_workdirs: Sequence[Path]) -> tuple[list[str], np.ndarray, int] | None:
-  """The lookahead affinity averaged over the MTL runs' logged steps (None if none was logged)."""
-  found = [a for a in map(affinity_lib.read_affinity, mtl_workdirs) if a is not None]
-  if not found:
-    return None
-  labels = found[0][0]
-  same = [a for a in found if a[0] == labels]
-  return labels, np.mean([a[1] for a in same], axis=0), sum(a[2] for a in same)
-
-
-def mtl_workdirs(rows: Sequence[dict], root: Path, regime: str) -> list[Path]:
-  """The MTL runs' directories of one regime, from results rows."""
-  return [
-    Path(root) / w for w in dict.fromkeys(r["workdir"] for r in rows if r["regime"] == regime and r["variant"] == "mtl")
-  ]
-
-
-def incoming_affinity(labels: Sequence[str], matrix: np.ndarray) -> dict[str, float]:
-  """Per task j, the mean affinity of a step on each other task i to j: the in-run prediction of transfer into j."""
-  off = ~np.eye(len(labels), dtype=bool)
-  return {t: float(matrix[:, j][off[:, j]].mean()) for j, t in enumerate(labels)}
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-  """Rank correlation (nan with fewer than 3 points or no variation)."""
-  x, y = np.asarray(x, np.float64), np.asarray(y, np.float64)
-  keep = np.isfinite(x) & np.isfinite(y)
-  if keep.sum() < 3 or np.ptp(x[keep]) == 0 or np.ptp(y[keep]) == 0:
-    return float("nan")
-  return float(stats.spearmanr(x[keep], y[keep]).statistic)
-
-
-def selection_rows(selection: Sequence[dict]) -> list[dict]:
-  """One row per learning-rate selection run: its best validation value of the selection metric (selection.csv)."""
-  return [
-    {
-      "regime": r["regime"],
-      "focus": r.get("focus", ""),
-      "variant": r["variant"],
-      "lr": r["lr"],
-      "seed": r["seed"],
-      "selection_metric": r["selection_metric"],
-      "value": r["selection_value"],
-      "best_step": r.get("best_step"),
-      "steps": r.get("steps"),
-      "train_seconds": r.get("train_seconds"),
-      "chosen": bool(r["chosen"]),
-    }
-    for r in selection
-  ]
-
-
-def _typed(path: Path, ints: Sequence[str], floats: Sequence[str], flags: Sequence[str] = ()) -> list[dict]:
-  if not Path(path).exists():
-    return []
-  with open(path, newline="") as f:
-    rows = list(csv.DictReader(f))
-  for r in rows:
-    for k in ints:
-      r[k] = None if r[k] in ("", "None") else int(r[k])
-    for k in floats:
-      r[k] = _float(r[k])
-    for k in flags:
-      r[k] = r[k] == "True"
-  return rows
-
-
-def read_selection(path: Path) -> list[dict]:
-  """selection.csv back as ``selection_rows`` ([] when there was no selection)."""
-  return _typed(path, ("seed", "best_step", "steps"), ("lr", "value", "train_seconds"), ("chosen",))
-
-
-def read_runs(path: Path) -> list[dict]:
-  """runs.csv back as ``run_rows``."""
-  return _typed(path, ("seed", "steps", "best_step"), ("lr", "train_seconds", "eval_seconds", "total_seconds"))
-
-
-def run_rows(runs: Sequence[dict]) -> list[dict]:
-  """One row per trained run with its steps and seconds (runs.csv)."""
-  out = []
-  for r in runs:
-    train, test = float(r.get("train_seconds") or 0.0), float(r.get("eval_seconds") or 0.0)
-    out.append(
-      {
-        "run": r.get("name", r.get("workdir")),
-        "phase": r.get("phase", "final"),
-        "regime": r.get("regime"),
-        "focus": r.get("focus", ""),
-        "variant": r["variant"],
-        "lr": r.get("lr"),
-        "seed": r["seed"],
-        "steps": r.get("steps"),
-        "best_step": r.get("best_step"),
-        "train_seconds": train,
-        "eval_seconds": test,
-        "total_seconds": train + test,
-      }
-    )
-  return out
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Plots and the Markdown report.
-# ---------------------------------------------------------------------------------------------------------------
+from postembed_jax.ablation import statistics
 
 
 def plot_transfer(table: Sequence[dict], metric: str, path: Path) -> None:
@@ -434,7 +78,7 @@ def plot_affinity(
   ax.set_title(title, fontsize=9)
   fig.colorbar(image, ax=ax)
   if transfer:
-    incoming = incoming_affinity(labels, matrix)
+    incoming = statistics.incoming_affinity(labels, matrix)
     shown = [t for t in labels if t in transfer]
     ax = axes[0, 1]
     ax.scatter([incoming[t] for t in shown], [100 * transfer[t] for t in shown])
@@ -542,7 +186,7 @@ def affinity_lines(
   affinity: tuple[list[str], np.ndarray, int], transfer: dict[str, float], loto: np.ndarray | None, tasks: Sequence[str]
 ) -> list[str]:
   labels, matrix, steps = affinity
-  incoming = incoming_affinity(labels, matrix)
+  incoming = statistics.incoming_affinity(labels, matrix)
   lines = [
     f"Mean over {steps} logged steps of the MTL runs. Row i, column j: 1 - L_j(after a step on i) / L_j "
     "(before); positive means a step on i lowers j's loss.",
@@ -552,7 +196,7 @@ def affinity_lines(
   ]
   lines += [f"| {t} | " + " | ".join(f"{v:.4f}" for v in matrix[i]) + " |" for i, t in enumerate(labels)]
   shown = [t for t in labels if t in transfer]
-  rho = spearman([incoming[t] for t in shown], [transfer[t] for t in shown])
+  rho = statistics.spearman([incoming[t] for t in shown], [transfer[t] for t in shown])
   lines += ["", "| task | mean affinity from the others | measured change MTL vs STL |", "|---|---|---|"]
   lines += [f"| {t} | {incoming[t]:.4f} | {100 * transfer[t]:+.2f}% |" for t in shown]
   lines += [
@@ -562,7 +206,7 @@ def affinity_lines(
   if loto is not None and all(t in labels for t in tasks):
     index = [labels.index(t) for t in tasks]
     off = ~np.eye(len(tasks), dtype=bool)
-    rho_pairs = spearman(matrix[np.ix_(index, index)][off], loto[off])
+    rho_pairs = statistics.spearman(matrix[np.ix_(index, index)][off], loto[off])
     lines.append(
       f"Spearman correlation of affinity[i, j] with the leave-one-out gain of j from i: "
       f"{rho_pairs:.2f} (over {int(off.sum())} task pairs)."
@@ -588,14 +232,14 @@ def write_report(
   records (with "chosen"), ``runs`` every trained run once (default: ``results``)."""
   out_dir = Path(out_dir)
   runs = list(results) if runs is None else runs
-  rows = result_rows(results)
-  write_csv(rows, out_dir / "results.csv")
-  table = transfer_table(rows)
-  write_csv(table, out_dir / "transfer.csv", TRANSFER_FIELDS)
-  summary = transfer_summary(table)
-  write_csv(summary, out_dir / "summary.csv", SUMMARY_FIELDS)
-  write_csv(selection_rows(selection), out_dir / "selection.csv", SELECTION_FIELDS)
-  write_csv(run_rows(runs), out_dir / "runs.csv", RUN_FIELDS)
+  rows = statistics.result_rows(results)
+  statistics.write_csv(rows, out_dir / "results.csv")
+  table = statistics.transfer_table(rows)
+  statistics.write_csv(table, out_dir / "transfer.csv", statistics.TRANSFER_FIELDS)
+  summary = statistics.transfer_summary(table)
+  statistics.write_csv(summary, out_dir / "summary.csv", statistics.SUMMARY_FIELDS)
+  statistics.write_csv(statistics.selection_rows(selection), out_dir / "selection.csv", statistics.SELECTION_FIELDS)
+  statistics.write_csv(statistics.run_rows(runs), out_dir / "runs.csv", statistics.RUN_FIELDS)
 
   lines = ["# Transfer ablation", ""]
   if command:
@@ -621,12 +265,12 @@ def write_report(
         "",
       ]
     for name in dict.fromkeys(r["metric"] for r in table if r["regime"] == regime):
-      lines += [f"### {name}", "", *transfer_lines(pick(table, regime, name)), ""]
-    shown = pick(table, regime, metric)
+      lines += [f"### {name}", "", *transfer_lines(statistics.pick(table, regime, name)), ""]
+    shown = statistics.pick(table, regime, metric)
     if shown:
       plot_transfer(shown, metric, out_dir / f"transfer_{regime}.png")
       lines += [f"![MTL vs STL, {regime}](transfer_{regime}.png)", ""]
-    loto = leave_one_out_matrix([r for r in rows if r["regime"] == regime and r["metric"] == metric], tasks)
+    loto = statistics.leave_one_out_matrix([r for r in rows if r["regime"] == regime and r["metric"] == metric], tasks)
     if loto is not None:
       lines += [
         f"### Leave one task out ({metric})",
@@ -642,7 +286,7 @@ def write_report(
         for i, k in enumerate(tasks)
       ]
       lines.append("")
-    affinity = mean_affinity(mtl_workdirs(rows, out_dir, regime))
+    affinity = statistics.mean_affinity(statistics.mtl_workdirs(rows, out_dir, regime))
     if affinity is not None:
       transfer = {r["task"]: r["relative_change"] for r in shown}
       lines += [
@@ -662,10 +306,10 @@ def write_report(
       + "): the best validation value of the selection metric (best step / steps trained), and the rate "
       "chosen; the test split is read only when the final runs are scored.",
       "",
-      *selection_lines(selection_rows(selection)),
+      *selection_lines(statistics.selection_rows(selection)),
       "",
     ]
-  lines += ["## Time", "", *time_lines(run_rows(runs), wall_seconds), ""]
+  lines += ["## Time", "", *time_lines(statistics.run_rows(runs), wall_seconds), ""]
   (out_dir / "report.md").write_text("\n".join(lines))
   first = next((s for s in summary if s["metric"] == metric), summary[0] if summary else {})
   return dict(first)

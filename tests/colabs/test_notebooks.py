@@ -1,4 +1,4 @@
-"""colabs/quickstart.ipynb and colabs/ablation_report.ipynb run headless, top to bottom, with tiny settings."""
+"""The notebooks in colabs/ run headless, top to bottom, with tiny settings."""
 
 import json
 from pathlib import Path
@@ -11,9 +11,9 @@ REPO = Path(__file__).resolve().parents[2]
 FIXTURE_DIR = REPO / "tests" / "fixtures" / "debian"
 
 
-def _execute(name: str) -> tuple[str, list[dict]]:
+def _execute(name: str, cwd: Path = REPO) -> tuple[str, list[dict]]:
   notebook = nbformat.read(REPO / "colabs" / name, as_version=4)
-  NotebookClient(notebook, timeout=600, kernel_name="python3", resources=dict(metadata=dict(path=str(REPO)))).execute()
+  NotebookClient(notebook, timeout=600, kernel_name="python3", resources=dict(metadata=dict(path=str(cwd)))).execute()
   outputs = [o for cell in notebook.cells for o in cell.get("outputs", [])]
   text = "\n".join(o.get("text", "") or o.get("data", {}).get("text/markdown", "") for o in outputs)
   return text, outputs
@@ -67,3 +67,21 @@ def test_ablation_report_shows_tables_and_plots(tmp_path, monkeypatch):
   assert "mean over 3 logged steps" in text
   assert "| stl-interest | 2 |  | 0.8140 |" in text
   assert sum("image/png" in o.get("data", {}) for o in outputs) == 2
+
+
+@pytest.mark.slow
+def test_retrieval_notebook_indexes_clusters_and_plots(tmp_path, monkeypatch):
+  for name, value in dict(
+    POSTEMBED_MAX_LENGTH="64",
+    POSTEMBED_SPLIT="train",
+    POSTEMBED_SAMPLE="200",
+    POSTEMBED_MEMBERS="8",
+    POSTEMBED_DEBIAN_INDEX_DIR=str(FIXTURE_DIR),
+    POSTEMBED_DEBIAN_DATA_DIR=str(tmp_path / "tfds"),
+  ).items():
+    monkeypatch.setenv(name, value)
+  text, outputs = _execute("retrieval.ipynb", cwd=REPO / "colabs")
+  assert "200 posts indexed" in text
+  assert "held-out posts in the top 10" in text
+  assert "max_clusters=5" in text and "recall" in text
+  assert _has_image(outputs)

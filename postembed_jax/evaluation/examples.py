@@ -111,21 +111,12 @@ def held_out_tasks() -> list[str]:
   return [n for n, t in tasks.TASKS.items() if t.zero_shot]
 
 
-def eval_data_config(data_config, *, hard_negatives: bool = False) -> ml_collections.ConfigDict:
-  """The data config evaluation examples are made with: ``data_config``'s corpus and task fields, the evaluation's
-  own sampling settings, everything else at its default."""
-  config = data_config_lib.default_data_config()
-  for field in CORPUS_FIELDS:
-    if data_config.get(field) is not None:
-      config[field] = data_config[field]
-  config.update(EVAL_SETTINGS)
-  config.hard_negatives = hard_negatives
-  return config
-
-
 def _config_key(data_config, *, hard_negatives: bool = False) -> str:
-  config = eval_data_config(data_config, hard_negatives=hard_negatives)
-  return json.dumps({k: config.get(k) for k in (*CORPUS_FIELDS, *EVAL_SETTINGS)}, sort_keys=True, default=str)
+  """What evaluation examples depend on: the corpus and task fields that ``data_config`` sets, and the
+  evaluation's own sampling settings (everything else stays at its default in ``_data_config``)."""
+  key = {f: data_config.get(f) for f in CORPUS_FIELDS if data_config.get(f) is not None}
+  key.update(EVAL_SETTINGS, hard_negatives=hard_negatives)
+  return json.dumps(key, sort_keys=True, default=str)
 
 
 def _subset(n: int, limit: int | None) -> np.ndarray:

@@ -131,10 +131,12 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   is_main = jax.process_index() == 0
   if is_main:
     (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  trainer = setup.build(config, workdir)
+  manager = checkpoint.make_manager(workdir, config.checkpoint)
+  # A resumed or warm-started run replaces the tower: fitting the projection's PCA start would be wasted work.
+  fresh_tower = manager.latest_step() is None and not config.init_checkpoint
+  trainer = setup.build(config, workdir, fit_projection=fresh_tower)
   train_iter, graphdef = trainer.train_iter, trainer.graphdef
 
-  manager = checkpoint.make_manager(workdir, config.checkpoint)
   tracker = BestTracker(
     config.checkpoint.best_metric, int(config.early_stopping.patience), float(config.early_stopping.min_delta)
   )

@@ -207,10 +207,12 @@ class Trainer:
 TASK_WEIGHTINGS = ("equal", "sampling", "initial_loss")
 
 
-def build(config, workdir: str | Path | None = None) -> Trainer:
+def build(config, workdir: str | Path | None = None, *, fit_projection: bool = True) -> Trainer:
   """The trainer of ``config``: the pretrained ``config.model`` with fresh heads, its tokenizer, the training
   iterator of ``config.data`` (this process's rows), at step 0. Joins the other processes first when
-  ``config.distributed`` asks for several, and turns on the persistent compilation cache. Writes nothing."""
+  ``config.distributed`` asks for several, and turns on the persistent compilation cache. Writes nothing.
+  ``fit_projection=False`` skips fitting a ``projection_init="pca"`` start, for a caller that replaces the tower
+  (a resume or a warm start)."""
   maybe_initialize_distributed(config.distributed)
   compilation_cache.enable(config.compilation_cache_dir)
   dtype_of(config.dtype)  # before anything slow
@@ -223,7 +225,7 @@ def build(config, workdir: str | Path | None = None) -> Trainer:
     config.data, tokenizer, seed=config.seed, process_index=jax.process_index(), process_count=jax.process_count()
   )
   infos = state_lib.task_infos(config, train_iter.label_names, train_iter.task_names)
-  projection = pca_projection(config, model_dir) if projection_init == "pca" else None
+  projection = pca_projection(config, model_dir) if projection_init == "pca" and fit_projection else None
   return _trainer(
     config,
     encoder_config,

@@ -19,13 +19,20 @@ def _execute(name: str, cwd: Path = REPO) -> tuple[str, list[dict]]:
   return text, outputs
 
 
+def _set_env(monkeypatch, **values: str) -> None:
+  """The notebooks read their tiny settings from POSTEMBED_* environment variables."""
+  for name, value in values.items():
+    monkeypatch.setenv(name, value)
+
+
 def _has_image(outputs: list[dict]) -> bool:
   return any("image/png" in o.get("data", {}) for o in outputs)
 
 
 @pytest.mark.slow
 def test_quickstart_trains_embeds_and_plots(tmp_path, monkeypatch):
-  for name, value in dict(
+  _set_env(
+    monkeypatch,
     POSTEMBED_WORKDIR=str(tmp_path / "run"),
     POSTEMBED_TASKS="search",
     POSTEMBED_STEPS="2",
@@ -33,8 +40,7 @@ def test_quickstart_trains_embeds_and_plots(tmp_path, monkeypatch):
     POSTEMBED_SPLIT="train",
     POSTEMBED_DEBIAN_INDEX_DIR=str(FIXTURE_DIR),
     POSTEMBED_DEBIAN_DATA_DIR=str(tmp_path / "tfds"),
-  ).items():
-    monkeypatch.setenv(name, value)
+  )
   text, outputs = _execute("quickstart.ipynb")
   assert "2 steps of batch 16 on tasks search" in text
   assert "120 posts from train -> embeddings (120, 50), float32" in text
@@ -71,15 +77,15 @@ def test_ablation_report_shows_tables_and_plots(tmp_path, monkeypatch):
 
 @pytest.mark.slow
 def test_retrieval_notebook_indexes_clusters_and_plots(tmp_path, monkeypatch):
-  for name, value in dict(
+  _set_env(
+    monkeypatch,
     POSTEMBED_MAX_LENGTH="64",
     POSTEMBED_SPLIT="train",
     POSTEMBED_SAMPLE="200",
     POSTEMBED_MEMBERS="8",
     POSTEMBED_DEBIAN_INDEX_DIR=str(FIXTURE_DIR),
     POSTEMBED_DEBIAN_DATA_DIR=str(tmp_path / "tfds"),
-  ).items():
-    monkeypatch.setenv(name, value)
+  )
   text, outputs = _execute("retrieval.ipynb", cwd=REPO / "colabs")
   assert "200 posts indexed" in text
   assert "held-out posts in the top 10" in text

@@ -5,7 +5,8 @@ A model is `tfidf`, `random_projection`, `pca50:<model>` (a frozen model reduced
 `dim32:<model>` (a model's first 32 dimensions, renormalised: a Matryoshka export at a smaller width),
 a packaged model (`all-MiniLM-L6-v2`: the general-purpose base model with
 mean pooling, our stand-in for OpenAI ADA), an HF directory, our export, or a training workdir. `:quick` reads fewer
-examples and resamples less (minutes instead of tens of minutes on a 2-core CPU).
+examples and resamples less (minutes instead of tens of minutes on a 2-core CPU). Own data (docs/own_data.md):
+`--config.data.source=files --config.data.files=NAME=PATH,... --config.data.tasks=NAME,...`, as in training.
 """
 
 import ml_collections

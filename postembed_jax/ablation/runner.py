@@ -140,10 +140,13 @@ class _Inline:
 def run_ablation(config) -> Outcome:
   """Runs every unfinished run (skipping finished ones), phase 2 of an arm as soon as its phase 1 is complete, and
   returns the outcome in plan order; writes ``selection.json``."""
+  from postembed_jax.data import config as data_config_lib
   from postembed_jax.evaluation import evaluators
 
   evaluators.check_names(config.evaluators)
   arms, grid = plan.plan_arms(config), plan.lr_grid(config)
+  # An unknown task or a bad user file (train.data.files) fails before any training.
+  data_config_lib.resolve_tasks(plan.eval_data_config(config, arms[0].tasks))
   for arm in arms:
     plan.selection_key(config, arm)  # a bad selection metric fails before any training
   selecting = {arm.key: plan.selection_runs(config, [arm]) for arm in arms}

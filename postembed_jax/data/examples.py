@@ -60,13 +60,13 @@ class RetrievalSet:
 
 
 def make_retrieval_examples(task_name: str, split: str, data_config=None) -> RetrievalSet:
-  """Every query of a built-in pair task's split against all of the split's candidate documents (see
-  ``PairTask.retrieval``)."""
+  """Every query of a pair task's split against all of the split's candidate documents (see
+  ``PairTask.retrieval`` and, for a pair file, ``FileTask.retrieval``)."""
   check_split(split)
   config = data_config or config_lib.default_data_config()
   task = config_lib.resolve_tasks(config, [task_name], training=False)[task_name]
-  if not hasattr(task, "retrieval"):
-    raise ValueError(f"Task {task_name!r} has no label space to retrieve with (a user file or label task).")
+  if task.kind != "pair":
+    raise ValueError(f"Task {task_name!r} is a label task; only pair tasks have queries to retrieve with.")
   queries, docs, relevant = task.retrieval(_records(task, split, config))
   return RetrievalSet(task=task_name, split=split, queries=queries, docs=docs, relevant=relevant)
 

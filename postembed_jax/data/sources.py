@@ -181,6 +181,22 @@ class FileTask:
     del seed, neg_ratio, hard_negatives
     return [dict(r) for r in records]
 
+  def retrieval(self, records) -> tuple[list[str], list[str], list[list[int]]]:
+    """(queries, documents, relevant) of a pair file's split, as ``PairTask.retrieval``: every left text with a
+    positive row queries the split's whole pool of right texts (those of its negative rows included), and
+    ``relevant[q]`` lists the rights it is labelled 1 with. A file names no other relations, so any other
+    document counts as not relevant."""
+    if self.kind != "pair":
+      raise ValueError(f"Task {self.name!r} is a labelled-post file; only pair files have queries to retrieve with.")
+    docs = sorted({r["right"] for r in records})
+    index = {d: i for i, d in enumerate(docs)}
+    relevant: dict[str, set[int]] = {}
+    for r in records:
+      if r["label"] > 0 and r["right"] != r["left"]:
+        relevant.setdefault(r["left"], set()).add(index[r["right"]])
+    queries = sorted(relevant)
+    return queries, docs, [sorted(relevant[q]) for q in queries]
+
   # Classification interface.
   def label_names(self, train_records) -> list[str]:
     return sorted({l for r in train_records for l in r["labels"]})

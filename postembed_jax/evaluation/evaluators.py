@@ -222,6 +222,8 @@ def _score_pair_tasks(
   for task in examples.configured_tasks(data_config, kind="pair"):
     if only is not None and task not in only:
       continue
+    if hard_negatives and not examples.samples_negatives(task, data_config):
+      continue  # a pair file's negatives are its own: nothing harder to sample
     pairs = examples.pairs(task, split, data_config, limit=settings.max_examples, hard_negatives=hard_negatives)
     if pairs.scorable:
       out |= _prefixed(task, score(embedder, pairs, settings=settings, ci=ci), suffix)
@@ -244,7 +246,7 @@ def pair_auc_evaluator(embedder, *, split, data_config, settings: EvalSettings) 
 def hard_negatives_evaluator(embedder, *, split, data_config, settings: EvalSettings) -> dict[str, float]:
   """Pair AUC and triplet accuracy with one hard negative per positive (same facet, a related section, or a post
   of the same section): ``<task>/pair_auc_hard``, ``<task>/triplet_accuracy_hard``; random negatives leave little
-  room on the text-to-text tasks."""
+  room on the text-to-text tasks. Pair files are skipped: their negatives are the file's own rows."""
   return _score_pair_tasks(
     score_pairs,
     embedder,
@@ -268,14 +270,16 @@ def _score_retrieval_tasks(embedder, tasks, *, split, data_config, settings: Eva
 @register("retrieval")
 def retrieval_evaluator(embedder, *, split, data_config, settings: EvalSettings) -> dict[str, float]:
   """recall@k, MRR and nDCG@10 on the trained text-to-text tasks (search, storyline, translation): each query
-  against every post of the split."""
-  tasks = [t for t in examples.configured_tasks(data_config, kind="pair") if t in examples.RETRIEVAL_TASKS]
+  against every post of the split; and on every pair file: each left text against all right texts of its split."""
+  pair_tasks = examples.configured_tasks(data_config, kind="pair")
+  tasks = [t for t in pair_tasks if examples.is_retrieval_task(t, data_config)]
   return _score_retrieval_tasks(embedder, tasks, split=split, data_config=data_config, settings=settings)
 
 
 @register("classification")
 def classification_evaluator(embedder, *, split, data_config, settings: EvalSettings) -> dict[str, float]:
-  """Linear probe on the label tasks (section: multi-class, debtags: multi-label), fitted on training posts."""
+  """Linear probe on the label tasks (section: multi-class, debtags and labelled-post files with label lists:
+  multi-label), fitted on training posts."""
   out = {}
   for task in examples.configured_tasks(data_config, kind="classification"):
     train = examples.labelled(task, "train", data_config, limit=settings.probe_train_examples)
@@ -293,8 +297,8 @@ def zero_shot_evaluator(embedder, *, split, data_config, settings: EvalSettings)
   metrics where the task is a retrieval one) for pair tasks."""
   out = {}
   ci = settings.wants_ci(split)
-  for task in examples.held_out_tasks():
-    if examples.task_kind(task) == "pair":
+  for task in examples.held_out_tasks(data_config):
+    if examples.task_kind(task, data_config) == "pair":
       pairs = examples.pairs(task, split, data_config, limit=settings.max_examples)
       if pairs.scorable:
         out |= _prefixed(task, score_pairs(embedder, pairs, settings=settings, ci=ci))

@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 
 from postembed_jax.data import config as data_config_lib
-from postembed_jax.data import debian, tasks
+from postembed_jax.data import debian, sources, tasks
 from postembed_jax.data import examples as data_examples
 from postembed_jax.data.lists import as_list
 
@@ -94,21 +94,48 @@ class Labelled:
     return len(self.texts) > 0
 
 
-def task_kind(name: str) -> str:
-  """ "pair" or "classification"."""
-  return tasks.get_task(name).kind
+def file_tasks(data_config) -> dict[str, sources.FileTask]:
+  """The tasks of the data config's user files (``files``: "name=path,..."), validated; empty without files."""
+  return sources.parse_files(data_config.get("files"))
+
+
+def task_kind(name: str, data_config=None) -> str:
+  """ "pair" or "classification": of a built-in task, or of a task the data config's user files define."""
+  if data_config is None:
+    return tasks.get_task(name).kind
+  return data_config_lib.resolve_tasks(data_config, [name], training=False)[name].kind
 
 
 def configured_tasks(data_config, *, kind: str) -> list[str]:
-  """The data config's ``tasks`` of the given kind; all trainable tasks of that kind when it names none (so a
-  model trained on pair tasks alone is still probed on the classification tasks)."""
-  named = [n for n in as_list(data_config.get("tasks")) if task_kind(n) == kind]
-  return named or [n for n in tasks.TRAINABLE_TASKS if tasks.TASKS[n].kind == kind]
+  """The data config's ``tasks`` of the given kind. When it names none of that kind, every task of that kind it
+  could name (so a model trained on pair tasks alone is still probed on the label tasks): the trainable built-in
+  ones, or with ``source="files"`` the user files' tasks, never the Debian corpus."""
+  named = [n for n in as_list(data_config.get("tasks")) if task_kind(n, data_config) == kind]
+  if named:
+    return named
+  if data_config.get("source") == "files":
+    return [n for n, t in file_tasks(data_config).items() if t.kind == kind]
+  return [n for n in tasks.TRAINABLE_TASKS if tasks.TASKS[n].kind == kind]
 
 
-def held_out_tasks() -> list[str]:
-  """Zero-shot tasks: the data package's held-out pair and label tasks."""
+def held_out_tasks(data_config=None) -> list[str]:
+  """Zero-shot tasks: the data package's held-out pair and label tasks; none with ``source="files"``, whose
+  tasks are the user's files only."""
+  if data_config is not None and data_config.get("source") == "files":
+    return []
   return [n for n, t in tasks.TASKS.items() if t.zero_shot]
+
+
+def is_retrieval_task(name: str, data_config) -> bool:
+  """Whether a pair task is scored by retrieval: the built-in text-to-text tasks, and every pair file (its left
+  texts query the pool of its right texts; see ``FileTask.retrieval``)."""
+  return name in RETRIEVAL_TASKS or name in file_tasks(data_config)
+
+
+def samples_negatives(name: str, data_config) -> bool:
+  """Built-in pair tasks sample their negatives (random or hard); a pair file's negatives are its own rows, so a
+  hard-negative evaluation of it would repeat the random one."""
+  return name not in file_tasks(data_config)
 
 
 def _config_key(data_config, *, hard_negatives: bool = False) -> str:
@@ -194,6 +221,12 @@ def labelled(name: str, split: str, data_config, *, limit: int | None = None) ->
 
 
 def corpus_texts(split: str, data_config, *, limit: int | None = None) -> list[str]:
-  """Distinct English descriptions of a split: what the TF-IDF baselines are fitted on."""
-  texts = sorted({r["description"] for r in debian.load_records(split, config=data_config)})
+  """Distinct texts of a split, what the TF-IDF and PCA baselines are fitted on: the corpus's English
+  descriptions, or with ``source="files"`` every text of the user files' split (both sides of the pairs, the
+  labelled posts)."""
+  if data_config.get("source") == "files":
+    records = [r for task in file_tasks(data_config).values() for r in task.records(split)]
+    texts = sorted({r[k] for r in records for k in ("left", "right", "text") if k in r})
+  else:
+    texts = sorted({r["description"] for r in debian.load_records(split, config=data_config)})
   return [texts[i] for i in _subset(len(texts), limit)]

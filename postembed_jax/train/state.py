@@ -15,6 +15,7 @@ import numpy as np
 import optax
 from flax import nnx
 
+from postembed_jax.data import config as data_config_lib
 from postembed_jax.models import heads as heads_lib
 from postembed_jax.models import hf_io
 from postembed_jax.models.dtypes import dtype_of
@@ -39,17 +40,20 @@ class TaskInfo:
 
 
 def task_infos(config, label_names: dict[str, list[str]], task_names: list[str]) -> dict[str, TaskInfo]:
+  """Each task's loss (``config.task_losses``; a task it does not name, such as a user file's, gets bce, sigmoid
+  for a multi-label task or softmax) and class count; a loss that does not fit the task's labels fails here."""
   infos = {}
   for name in task_names:
     num_classes = len(label_names[name]) if name in label_names else None
-    default = "bce" if num_classes is None else "softmax"
+    multi = (
+      num_classes is not None and data_config_lib.resolve_tasks(config.data, [name], training=False)[name].multi_label
+    )
+    default = "bce" if num_classes is None else "sigmoid" if multi else "softmax"
     loss = config.task_losses.get(name, default)
-    valid = heads_lib.PAIR_LOSSES if num_classes is None else heads_lib.CLASSIFICATION_LOSSES
+    valid = heads_lib.PAIR_LOSSES if num_classes is None else ("sigmoid",) if multi else ("softmax",)
     if loss not in valid:
-      raise ValueError(
-        f"config.task_losses.{name}={loss!r} does not fit a "
-        f"{'pair' if num_classes is None else 'classification'} task; choose one of {valid}."
-      )
+      kind = "pair" if num_classes is None else "multi-label" if multi else "single-label"
+      raise ValueError(f"config.task_losses.{name}={loss!r} does not fit a {kind} task; choose one of {valid}.")
     infos[name] = TaskInfo(loss, num_classes)
   return infos
 

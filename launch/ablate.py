@@ -4,6 +4,9 @@ Trains every unfinished run of the ablation (finished runs are skipped, killed o
 selection on validation, then every seed at the chosen rates, scored on the test split. Then writes results.csv,
 transfer.csv, summary.csv, selection.csv, runs.csv, report.md and the plots into --config.workdir. All logic is in
 postembed_jax.ablation.
+
+An error ends it with one line on stderr (exit status 1; 70 for an internal error) and --verbose adds the
+traceback; see postembed_jax/launching.py.
 """
 
 import shlex
@@ -11,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from absl import app, logging
+from absl import logging
 
-from postembed_jax import config_overrides
+from postembed_jax import config_overrides, launching
 from postembed_jax.ablation import plan, runner
 from postembed_jax.ablation.report import write_report
 from postembed_jax.data.lists import as_list
@@ -52,4 +55,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launching.run(main)

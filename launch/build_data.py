@@ -4,14 +4,15 @@
       [--config.index_dir=DIR] [--config.data_dir=DIR] [--config.cache_dir=DIR] [--config.force]
 
 The fields and what they default to are in configs/data.py (and `--help`).
+
+An error ends it with one line on stderr (exit status 1; 70 for an internal error) and --verbose adds the
+traceback; see postembed_jax/launching.py.
 """
 
 import os
 import time
 
-from absl import app
-
-from postembed_jax import config_overrides
+from postembed_jax import config_overrides, launching
 from postembed_jax.data import debian
 
 _CONFIG = config_overrides.define_config_flag("configs/data.py", "Corpus config.")
@@ -35,4 +36,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launching.run(main)

@@ -2,11 +2,14 @@
 
 Prints the table and saves it as JSON and Markdown in --config.output_dir. All logic is in
 postembed_jax.evaluation.suite, so a notebook can call run_suite(config) the same way.
+
+An error ends it with one line on stderr (exit status 1; 70 for an internal error) and --verbose adds the
+traceback; see postembed_jax/launching.py.
 """
 
-from absl import app, logging
+from absl import logging
 
-from postembed_jax import config_overrides
+from postembed_jax import config_overrides, launching
 from postembed_jax.evaluation.suite import run_suite
 
 _CONFIG = config_overrides.define_config_flag("configs/evaluate.py", "Evaluation config.")
@@ -19,4 +22,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launching.run(main)

@@ -1,14 +1,17 @@
 """Simulated-member retrieval: `python launch/evaluate_members.py --config configs/members.py [--config.FIELD=...]`.
 
 Prints the report as JSON and writes it to --config.out if given. All logic is in postembed_jax.evaluation.members.
+
+An error ends it with one line on stderr (exit status 1; 70 for an internal error) and --verbose adds the
+traceback; see postembed_jax/launching.py.
 """
 
 import json
 from pathlib import Path
 
-from absl import app, logging
+from absl import logging
 
-from postembed_jax import config_overrides
+from postembed_jax import config_overrides, launching
 from postembed_jax.evaluation.members import run_member_evaluation
 
 _CONFIG = config_overrides.define_config_flag("configs/members.py", "Simulated-member evaluation config.")
@@ -36,4 +39,4 @@ def main(argv):
 
 
 if __name__ == "__main__":
-  app.run(main)
+  launching.run(main)

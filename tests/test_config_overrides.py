@@ -36,7 +36,7 @@ def test_ablation_variants_share_everything_but_their_budget():
     config_overrides.load_config(str(REPO / f"configs/ablation.py{v}")) for v in ("", ":quick", ":long")
   )
   main_job = config_overrides.load_config(str(REPO / "configs/mtl.py"))
-  assert (default.train.total_steps, quick.train.total_steps, long.train.total_steps) == (150, 40, 2000)
+  assert (default.train.total_steps, quick.train.total_steps, long.train.total_steps) == (80, 40, 2000)
   assert default.train.data.max_length == quick.train.data.max_length == 64
   assert (long.train.data.max_length, long.train.data.batch_size) == (
     main_job.data.max_length,

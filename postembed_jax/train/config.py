@@ -63,7 +63,9 @@ def training_config(tasks: str) -> ml_collections.ConfigDict:
   c.checkpoint = ml_collections.ConfigDict()
   c.checkpoint.every_steps = 100
   c.checkpoint.keep = 2  # the last K, plus the best by checkpoint.best_metric
-  c.checkpoint.best_metric = "val/mean_pair_auc"
+  # "auto": val/mean_pair_auc with pair tasks, val/mean_linear_map with label tasks only, none without evaluators
+  # (then the export is the last checkpoint); see train/loop.py best_metric
+  c.checkpoint.best_metric = "auto"
   c.checkpoint.async_save = True
 
   c.eval = ml_collections.ConfigDict()

@@ -16,6 +16,8 @@ Where a run starts from, first match wins:
      data iterator position), onto the same or a different mesh;
   2. ``config.init_checkpoint``: the tower of another run's checkpoint, with fresh heads and optimizer at step 0;
   3. the pretrained model ``config.model``.
+A checkpoint of another run (other tasks, model or width) is refused before it is restored. A SIGTERM saves at
+the next step boundary that every process agrees on (``train/preemption.py``) and raises ``launching.Preempted``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import signal
 import time
 from pathlib import Path
 
@@ -32,27 +33,15 @@ import numpy as np
 from flax import nnx
 from tqdm.auto import tqdm
 
+from postembed_jax import launching
 from postembed_jax.evaluation import evaluators
+from postembed_jax.evaluation import examples as eval_examples
 from postembed_jax.models import heads as heads_lib
 from postembed_jax.models import hf_io
 from postembed_jax.models.embedder import Embedder
-from postembed_jax.train import checkpoint, setup
+from postembed_jax.train import checkpoint, preemption, setup
 from postembed_jax.train.affinity import AffinityProbe
 from postembed_jax.train.metrics_writer import MetricsWriter
-
-
-class _StopSignal:
-  """SIGTERM (a preemption notice) asks the loop to save and stop at the next step boundary."""
-
-  def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
-
-  def _handle(self, signum, frame):
-    self.requested = True
-
-  def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
 
 
 @dataclasses.dataclass
@@ -72,7 +61,10 @@ class BestTracker:
   stopped: bool = False
 
   def update(self, step: int, metrics: dict[str, float]) -> bool:
-    """Records one evaluation; True when the run should stop now."""
+    """Records one evaluation; True when the run should stop now. With no metric (``best_metric`` gave None)
+    nothing ranks evaluations: no best step, never a stop."""
+    if self.metric is None:
+      return False
     value = metrics.get(self.metric, math.nan)
     if not math.isfinite(value):
       raise ValueError(
@@ -97,9 +89,31 @@ class BestTracker:
       setattr(self, k, v)
 
 
-def mean_pair_auc(metrics: dict[str, float]) -> float:
-  values = [v for k, v in metrics.items() if k.endswith("/pair_auc")]
-  return float(np.mean(values)) if values else float("nan")
+# Means over tasks that validation adds when it has a task's metric: "val/<name>" from every "<task>/<metric>".
+MEAN_METRICS = {"mean_pair_auc": "pair_auc", "mean_linear_map": "linear_map"}
+AUTO_METRIC = "auto"
+
+
+def best_metric(config) -> str | None:
+  """The validation metric that ranks evaluations (the best checkpoint and export, early stopping):
+  ``checkpoint.best_metric`` as given, or for ``"auto"`` ``val/mean_pair_auc`` when the ``pair_auc`` evaluator
+  validates a pair task, else ``val/mean_linear_map`` (the linear probe's mAP) when ``classification`` validates a
+  label task, else None, so that any task set trains: nothing ranks evaluations, the export is the last checkpoint
+  and early stopping is refused. A named metric needs evaluators to produce it."""
+  metric = config.checkpoint.best_metric
+  names = evaluators.check_names(config.eval.evaluators)
+  if metric != AUTO_METRIC:
+    if not names:
+      raise ValueError(
+        f"checkpoint.best_metric={metric!r} ranks validation metrics, but config.eval.evaluators is empty; name "
+        f"evaluators, or set checkpoint.best_metric='{AUTO_METRIC}' to export the last checkpoint."
+      )
+    return metric
+  if "pair_auc" in names and eval_examples.configured_tasks(config.data, kind="pair"):
+    return "val/mean_pair_auc"
+  if "classification" in names and eval_examples.configured_tasks(config.data, kind="classification"):
+    return "val/mean_linear_map"
+  return None
 
 
 class Validator:
@@ -119,34 +133,59 @@ class Validator:
       self.embedder, self.names, split="validation", data_config=self.config.data, settings=self.settings
     )
     metrics = {f"val/{k}": v for k, v in results.items()}
-    metrics["val/mean_pair_auc"] = mean_pair_auc(results)
+    for name, metric in MEAN_METRICS.items():
+      values = [v for k, v in results.items() if k.endswith(f"/{metric}")]
+      if values:
+        metrics[f"val/{name}"] = float(np.mean(values))
     return metrics
 
 
 def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
-  """Trains (resuming from ``workdir`` when it holds checkpoints), exports, returns final validation metrics."""
-  workdir = Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  """Trains (resuming from ``workdir`` when it holds checkpoints), exports, returns final validation metrics.
+  Raises ``checkpoint.ResumeMismatch`` when ``workdir`` holds another run's checkpoints, and ``launching.Preempted``
+  when a SIGTERM stopped the run before its end, having saved: the same call again resumes it."""
   setup.maybe_initialize_distributed(config.distributed)
+  watch = preemption.PreemptionWatch()  # before the model loads: from here on a notice saves rather than kills
+  try:
+    return _train_and_evaluate(config, Path(workdir), watch)
+  finally:
+    watch.close()
+
+
+def _train_and_evaluate(config, workdir: Path, watch: preemption.PreemptionWatch) -> dict[str, float]:
+  workdir.mkdir(parents=True, exist_ok=True)
   is_main = jax.process_index() == 0
-  if is_main:
-    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
-  manager = checkpoint.make_manager(workdir, config.checkpoint)
+  ranked_by = best_metric(config)
+  if ranked_by is None and int(config.early_stopping.patience):
+    raise ValueError(
+      "config.early_stopping.patience > 0 needs a validation metric to stop on, but validation yields none that "
+      f"ranks runs (config.eval.evaluators={config.eval.evaluators!r}); add 'pair_auc' or 'classification'."
+    )
+  manager = checkpoint.make_manager(workdir, config.checkpoint, best_metric=ranked_by)
   # A resumed or warm-started run replaces the tower: fitting the projection's PCA start would be wasted work.
   fresh_tower = manager.latest_step() is None and not config.init_checkpoint
   trainer = setup.build(config, workdir, fit_projection=fresh_tower)
   train_iter, graphdef = trainer.train_iter, trainer.graphdef
 
-  tracker = BestTracker(
-    config.checkpoint.best_metric, int(config.early_stopping.patience), float(config.early_stopping.min_delta)
-  )
+  tracker = BestTracker(ranked_by, int(config.early_stopping.patience), float(config.early_stopping.min_delta))
+  if is_main:
+    print(
+      f"Best checkpoint by {ranked_by}."
+      if ranked_by
+      else "No validation metric ranks checkpoints (no pair_auc or classification evaluator): the export is the "
+      "last checkpoint."
+    )
   if config.export_checkpoint not in EXPORT_CHECKPOINTS:
     raise ValueError(
       f"config.export_checkpoint={config.export_checkpoint!r}; choose one of {list(EXPORT_CHECKPOINTS)}."
     )
+  # Saved in every checkpoint (checkpoint.RUN_FIELDS): a resume checks that the checkpoint is this run's.
+  meta = {"seed": config.seed, "model": str(config.model), "tasks": trainer.task_names, "embed_dim": config.embed_dim}
+  resumed = manager.latest_step() is not None
   start_step, origin = 0, f"pretrained model {config.model}"
-  if manager.latest_step() is not None:
+  if resumed:
     abstract = jax.tree.map(_abstract, trainer.state, trainer.state_shardings, is_leaf=_is_variable)
+    checkpoint.check_resumable(manager, manager.latest_step(), abstract, meta)
     trainer.state, data_state, saved_meta = checkpoint.restore(manager, manager.latest_step(), abstract)
     train_iter.set_state(data_state)
     if saved_meta.get("task_weights"):
@@ -157,7 +196,8 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     tower = checkpoint.restore_tower(config.init_checkpoint, trainer.state["params"]["tower"])
     trainer.state["params"]["tower"] = jax.device_put(tower, trainer.param_shardings["tower"])
     origin = f"tower of {config.init_checkpoint}"
-  if is_main:
+  if is_main:  # once the workdir's checkpoint is known to be this run's
+    (workdir / "config.json").write_text(config.to_json_best_effort(indent=2))
     print(
       f"Starting at step {start_step} of {config.total_steps} from {origin}; mesh {dict(trainer.mesh.shape)}; "
       f"tasks {train_iter.task_names} "
@@ -174,19 +214,18 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   probe = None
   if config.affinity_every_steps and len(task_names) > 1 and not config.data.mixed:
     probe = AffinityProbe(graphdef, task_names, trainer.pair_tasks, config.optim.lr, widths=trainer.matryoshka_widths)
-  writer = MetricsWriter(workdir)
+  writer = MetricsWriter(workdir, keep_through=start_step if resumed else -1)  # each step logged once
   if start_step == 0 and config.eval.at_start:
     # The starting point (pretrained tower, fresh projection) on the same validation suite: what training adds.
     writer.write(0, validator(nnx.state(model.tower)))
-  stop = _StopSignal()
-  meta = {"seed": config.seed, "model": str(config.model), "tasks": task_names}
+  preempted = watch.requested()  # a notice while the model loaded or compiled: stop before the first step
   recent_loss: dict[str, float] = {}
   val_metrics: dict[str, float] = {}
   bar = tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step", disable=not is_main)
   examples_seen, clock = 0, time.perf_counter()
   step = start_step
   try:
-    while step < config.total_steps and not tracker.stopped:
+    while step < config.total_steps and not tracker.stopped and not preempted:
       batch = next(train_iter)
       task = batch["task"]
       single = batch.get("batches", {task: batch})  # an all-tasks batch holds one batch per task
@@ -226,7 +265,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
           + ", ".join(
             f"{k}={v:.4f}"
             for k, v in sorted(val_metrics.items())
-            if "pair_auc" in k and not k.endswith(("_low", "_high"))
+            if ("pair_auc" in k or k == tracker.metric) and not k.endswith(("_low", "_high"))
           )
         )
         stop_now = tracker.update(step, val_metrics)
@@ -238,7 +277,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
             f"evaluations (best {tracker.best:.4f} at step {tracker.best_step})."
           )
       meta["best"] = tracker.state()
-      stopping = stop.requested  # read once: a signal landing between the save and the check must not skip it
+      preempted = watch.requested()  # the same answer on every process: they save this step together
       checkpoint.save(
         manager,
         step,
@@ -246,9 +285,9 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
         train_iter.get_state(),
         meta,
         metrics=_finite(val_metrics) if eval_now else None,
-        force=stopping or tracker.stopped or step == config.total_steps,
+        force=preempted or tracker.stopped or step == config.total_steps,
       )
-      if stopping:
+      if preempted:
         bar.write(f"SIGTERM: saved step {step}; stopping.")
         break
   finally:
@@ -256,9 +295,15 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
     manager.wait_until_finished()
     manager.close()
     writer.close()
-    stop.restore()
 
   finished = step == config.total_steps or tracker.stopped
+  if preempted and not finished:
+    raise launching.Preempted(
+      f"Preempted by SIGTERM at step {step} of {config.total_steps}; saved it in {workdir}/checkpoints/{step}."
+      if step > start_step
+      else f"Preempted by SIGTERM before step {start_step + 1} of {config.total_steps}, so nothing new to save"
+      + (f" (the run continues from {origin})." if resumed else ".")
+    )
   if finished and config.export_checkpoint == "best" and tracker.best_step > 0:
     val_metrics = tracker.best_metrics  # its export was written when it was evaluated
   elif finished and config.export and is_main:

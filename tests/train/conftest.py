@@ -29,12 +29,14 @@ def check_ok(result):
 
 @pytest.fixture(scope="session")
 def train_cmd(tiny_model_dir, tfds_dir):
-  """Returns run(workdir, *overrides, devices=1, wait=True, log=None) -> CompletedProcess (or Popen if
-  wait=False; its output goes to the file `log` when given, else to a pipe)."""
+  """Returns run(workdir, *overrides, devices=1, wait=True, log=None, python_args=()) -> CompletedProcess (or Popen
+  if wait=False; its output goes to the file `log` when given, else to a pipe). `python_args` go before the
+  script, e.g. ("-c", code) to run code that then runs the script (sys.argv[1:] is the launcher's command line)."""
 
-  def run(workdir, *overrides, devices=1, wait=True, config="configs/mtl.py:quick", log=None):
+  def run(workdir, *overrides, devices=1, wait=True, config="configs/mtl.py:quick", log=None, python_args=()):
     cmd = [
       sys.executable,
+      *python_args,
       "launch/train.py",
       f"--config={config}",
       f"--workdir={workdir}",

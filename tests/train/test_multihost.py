@@ -1,13 +1,18 @@
 """Multi-host training: two CPU processes on localhost joined by jax.distributed (one device each) log the same
-losses as the one-process baseline, and their checkpoint resumes in a single process."""
+losses as the one-process baseline, their checkpoint resumes in a single process, and a SIGTERM to one of them
+stops both at the same step, saved together."""
 
 import json
+import re
 import shutil
+import signal
 import socket
 import time
 
 import numpy as np
 from conftest import FAST, check_ok, step_losses
+
+from postembed_jax.launching import EXIT_PREEMPTED
 
 
 def _free_port() -> int:
@@ -16,11 +21,9 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-def _run_processes(train_cmd, workdir, logs, *overrides, count=2, timeout=300):
-  """Starts `count` processes of launch/train.py sharing `workdir` (orbax writes one checkpoint from all
-  processes); returns each one's (return code, output). A process that fails stops the others."""
+def _start_processes(train_cmd, workdir, logs, *overrides, count=2):
   port = _free_port()
-  procs = [
+  return [
     train_cmd(
       workdir,
       *overrides,
@@ -32,10 +35,17 @@ def _run_processes(train_cmd, workdir, logs, *overrides, count=2, timeout=300):
     )
     for i in range(count)
   ]
+
+
+def _run_processes(train_cmd, workdir, logs, *overrides, count=2, timeout=300, procs=None):
+  """Starts `count` processes of launch/train.py sharing `workdir` (orbax writes one checkpoint from all
+  processes), or takes the started `procs`; returns each one's (return code, output). A process that fails stops
+  the others."""
+  procs = procs or _start_processes(train_cmd, workdir, logs, *overrides, count=count)
   deadline = time.time() + timeout
   try:
     while time.time() < deadline and any(p.poll() is None for p in procs):
-      if any(p.poll() not in (None, 0) for p in procs):
+      if any(p.poll() not in (None, 0, EXIT_PREEMPTED) for p in procs):
         break
       time.sleep(0.5)
   finally:
@@ -70,7 +80,29 @@ def test_two_processes_match_one_then_resume_on_one(train_cmd, baseline, tmp_pat
   shutil.rmtree(workdir / "checkpoints" / "20")
   result = check_ok(train_cmd(workdir, *FAST, "--config.export=False"))
   assert "Starting at step 15 of 20" in result.stdout
-  resumed = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()][len(records) :]
-  resumed = {r["step"]: r["train/loss"] for r in resumed if "train/loss" in r}
-  assert sorted(resumed) == [16, 17, 18, 19, 20]
+  # Steps 16-20 were cut from the log and logged again, once.
+  records = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
+  assert [r["step"] for r in records if "train/loss" in r] == list(range(1, 21))
+  resumed = {r["step"]: r["train/loss"] for r in records if "train/loss" in r and r["step"] > 15}
   np.testing.assert_allclose([resumed[s] for s in resumed], [reference[s] for s in resumed], rtol=1e-4)
+
+
+def test_sigterm_on_one_host_stops_both_at_the_same_step(train_cmd, tmp_path):
+  """Orbax saves are collective: process 1 alone receives the notice, and both must save the same step and exit
+  preempted (a host saving alone would wait for the other forever, and the test would time out)."""
+  workdir, logs = tmp_path / "run", tmp_path / "logs"
+  logs.mkdir()
+  args = (*FAST, "--config.total_steps=500", "--config.checkpoint.every_steps=1000", "--config.export=False")
+  procs = _start_processes(train_cmd, workdir, logs, *args, "--config.eval.at_start=False")
+  deadline = time.time() + 300
+  while time.time() < deadline and all(p.poll() is None for p in procs):
+    if (workdir / "metrics.jsonl").exists() and len(step_losses(workdir)) >= 3:
+      break
+    time.sleep(0.2)
+  procs[1].send_signal(signal.SIGTERM)
+  results = _run_processes(train_cmd, workdir, logs, procs=procs)
+  for i, (code, output) in enumerate(results):
+    assert code == EXIT_PREEMPTED, f"process {i} exited with {code}:\n{output[-4000:]}"
+  steps = [int(re.search(r"Preempted by SIGTERM at step (\d+) of 500", out).group(1)) for _, out in results]
+  saved = sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+  assert steps[0] == steps[1] == saved[-1] == max(step_losses(workdir)) >= 3, (steps, saved)

@@ -25,7 +25,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = 64
   config.chunk_size = 4096  # posts held in memory at once
   config.dtype = "float32"  # or bfloat16
-  config.skip_bad_lines = False
+  config.skip_bad_lines = False  # malformed lines: counted and skipped instead of stopping the job
+  config.skip_empty_texts = False  # empty / whitespace-only texts: skipped and counted instead of stopping the job
   if args.quick:
     config.max_length = 128
   return config

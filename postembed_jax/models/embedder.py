@@ -7,7 +7,7 @@ three batch sizes), so XLA compiles a handful of shapes and little compute goes 
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
 import jax
@@ -73,6 +73,15 @@ class Embedder:
       "input_ids"
     ]
 
+  def count_truncated(self, texts: Sequence[str], token_ids: Sequence[Sequence[int]]) -> int:
+    """How many of ``texts`` ``tokenize`` cut at max_length: those that fill it and have a token more when
+    allowed one (only texts that reach max_length are tokenized again)."""
+    full = [text for text, ids in zip(texts, token_ids) if len(ids) >= self.max_length]
+    if not full:
+      return 0
+    longer = self.tokenizer(full, truncation=True, max_length=self.max_length + 1, add_special_tokens=True)
+    return sum(len(ids) > self.max_length for ids in longer["input_ids"])
+
   def embed_token_ids(self, token_ids: Sequence[Sequence[int]]) -> np.ndarray:
     """Embeds one batch (<= batch_size rows) of token id lists."""
     n = len(token_ids)
@@ -102,16 +111,26 @@ class Embedder:
       bar.close()
 
   def embed_stream(
-    self, records: Iterable[tuple[object, str]], *, chunk_size: int = 4096, progress: bool = False
+    self,
+    records: Iterable[tuple[object, str]],
+    *,
+    chunk_size: int = 4096,
+    progress: bool = False,
+    on_truncated: Callable[[int], None] | None = None,
   ) -> Iterator[tuple[list, np.ndarray]]:
-    """Yields (ids, embeddings) per chunk of ``chunk_size`` records, so memory stays flat on any input size."""
+    """Yields (ids, embeddings) per chunk of ``chunk_size`` records, so memory stays flat on any input size.
+    ``on_truncated``, if given, is called per chunk with the number of its texts cut at max_length."""
     bar = tqdm(unit="post", desc="embed", disable=not progress)
     chunk: list[tuple[object, str]] = []
 
     def flush():
       ids = [r[0] for r in chunk]
+      texts = [r[1] for r in chunk]
+      token_ids = self.tokenize(texts)
+      if on_truncated is not None:
+        on_truncated(self.count_truncated(texts, token_ids))
       vectors = np.zeros((len(chunk), self.dim), np.float32)
-      for positions, v in self._embed_sorted(self.tokenize([r[1] for r in chunk]), bar=bar):
+      for positions, v in self._embed_sorted(token_ids, bar=bar):
         vectors[positions] = v
       return ids, vectors
 

@@ -24,7 +24,7 @@ from typing import Annotated
 import numpy as np
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 from postembed_jax.models.dtypes import dtype_of
 from postembed_jax.models.embedder import Embedder
@@ -32,6 +32,7 @@ from postembed_jax.serving import members
 from postembed_jax.serving.index import open_index
 from postembed_jax.serving.metrics import ServiceMetrics
 from postembed_jax.serving.store import Post, PostStore, QueueFull
+from postembed_jax.serving.texts import check_text
 from postembed_jax.serving.worker import EmbedWorker
 
 log = logging.getLogger(__name__)
@@ -149,7 +150,8 @@ def _request_models(config):
   """Request bodies, with limits from the config; strict types, unknown fields rejected."""
   strict = ConfigDict(strict=True, extra="forbid")
   PostId = Annotated[str, StringConstraints(min_length=1, max_length=_MAX_ID_CHARS)]
-  Text = Annotated[str, StringConstraints(min_length=1, max_length=config.max_text_chars)]
+  # Empty or whitespace-only texts are refused by the rule the batch job applies too (serving/texts.py).
+  Text = Annotated[str, StringConstraints(max_length=config.max_text_chars), AfterValidator(check_text)]
 
   class PostIn(BaseModel):
     model_config = strict
@@ -285,6 +287,14 @@ def serve(config) -> None:
   logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
   # Every shape, however quick: a restarted service meets them all at once.
   compilation_cache.enable(config.compilation_cache_dir, min_compile_secs=0)
+  # Loaded here rather than in the app's startup, where uvicorn would turn a bad --config.model into a traceback.
+  embedder = Embedder.from_pretrained(
+    config.model, max_length=config.max_length, batch_size=config.embed_batch_size, dtype=dtype_of(config.dtype)
+  )
   uvicorn.run(
-    create_app(config), host=config.host, port=config.port, log_level=config.log_level, access_log=config.access_log
+    create_app(config, embedder=embedder),
+    host=config.host,
+    port=config.port,
+    log_level=config.log_level,
+    access_log=config.access_log,
   )

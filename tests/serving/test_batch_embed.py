@@ -1,14 +1,19 @@
 """The batch embedding job: real posts in, Parquet out, equal to sentence-transformers; bad input named."""
 
 import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from postembed_jax import config_overrides
 from postembed_jax.serving import batch_embed
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,10 +31,15 @@ def test_embed_file_matches_sentence_transformers(tmp_path, default_embedder, pa
   posts = tmp_path / "posts.jsonl"
   _write_jsonl(posts, parity_texts)
   out = tmp_path / "emb.parquet"
-  stats = batch_embed.embed_file(default_embedder, posts, out, chunk_size=20, progress=False)
-  assert stats.read == len(parity_texts) and stats.skipped == 0
+  kept = [i for i, t in enumerate(parity_texts) if t.strip()]
+  stats = batch_embed.embed_file(default_embedder, posts, out, chunk_size=20, progress=False, skip_empty_texts=True)
+  # The fixture has one empty text; truncation is counted against the tokenizer's untruncated lengths.
+  untruncated = default_embedder.tokenizer([parity_texts[i] for i in kept], add_special_tokens=True)["input_ids"]
+  assert stats.truncated == sum(len(ids) > 128 for ids in untruncated) > 0
+  assert (stats.read, stats.skipped, stats.empty) == (len(kept), 0, len(parity_texts) - len(kept)) and stats.empty
+  parity_texts = [parity_texts[i] for i in kept]
   table = pq.read_table(out)
-  assert table.column("id").to_pylist() == [f"post-{i}" for i in range(len(parity_texts))]
+  assert table.column("id").to_pylist() == [f"post-{i}" for i in kept]
   assert table.schema.metadata[b"model"] == b"all-MiniLM-L6-v2" and table.schema.metadata[b"dim"] == b"384"
   ours = np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
   assert ours.dtype == np.float32
@@ -40,8 +50,35 @@ def test_embed_file_matches_sentence_transformers(tmp_path, default_embedder, pa
 
 def test_plain_text_ids_are_line_numbers(tmp_path):
   path = tmp_path / "posts.txt"
-  path.write_text("first post\nsecond post\n\nfourth\n")
-  assert list(batch_embed.read_posts(path)) == [(1, "first post"), (2, "second post"), (3, ""), (4, "fourth")]
+  path.write_text("first post\nsecond post\nthird\n")
+  assert list(batch_embed.read_posts(path)) == [(1, "first post"), (2, "second post"), (3, "third")]
+
+
+@pytest.mark.parametrize("name,content,line", [("posts.txt", "first\n\nthird\n", 2), ("posts.jsonl", None, 3)])
+def test_empty_texts_are_refused_naming_the_line_or_skipped_and_counted(tmp_path, name, content, line):
+  path = tmp_path / name
+  if content is None:
+    path.write_text('{"id": "a", "text": "first"}\n\n{"id": "b", "text": " \\t "}\n{"id": "c", "text": "third"}\n')
+  else:
+    path.write_text(content)
+  with pytest.raises(batch_embed.BadRecordError, match=rf"{name}:{line}: text is empty.*skip_empty_texts=True"):
+    list(batch_embed.read_posts(path))
+  # skip_bad_lines is for malformed lines: it does not let empty texts through either.
+  with pytest.raises(batch_embed.BadRecordError, match=rf"{name}:{line}: text is empty"):
+    list(batch_embed.read_posts(path, skip_bad_lines=True))
+  stats = batch_embed.ReadStats()
+  assert [t for _, t in batch_embed.read_posts(path, skip_empty_texts=True, stats=stats)] == ["first", "third"]
+  assert (stats.read, stats.skipped, stats.empty) == (2, 0, 1)
+  assert stats.report() == "skipped 1 empty texts"
+
+
+def test_count_truncated_tells_a_text_that_fills_max_length_from_one_cut_at_it(default_embedder):
+  fits = " ".join(["a"] * 126)  # 126 tokens plus [CLS] and [SEP]: exactly max_length=128
+  cut = " ".join(["a"] * 127)
+  texts = ["short", fits, cut, "word " * 300]
+  token_ids = default_embedder.tokenize(texts)
+  assert [len(t) for t in token_ids] == [3, 128, 128, 128]
+  assert default_embedder.count_truncated(texts, token_ids) == 2
 
 
 @pytest.mark.parametrize(
@@ -88,12 +125,8 @@ def test_memory_is_bounded_by_chunk(default_embedder):
   assert ids == list(range(8)) and vectors.shape == (8, 384) and len(consumed) == 8
 
 
-def test_launch_embed_cli(tmp_path):
-  posts = tmp_path / "posts.jsonl"
-  _write_jsonl(posts, ["Debian package manager front-end", "image editor"])
-  posts.write_text(posts.read_text() + "not json\n")
-  out = tmp_path / "emb.parquet"
-  cmd = [
+def _embed_cmd(posts, out, *flags):
+  return [
     sys.executable,
     "launch/embed.py",
     "--config",
@@ -101,10 +134,74 @@ def test_launch_embed_cli(tmp_path):
     f"--config.input={posts}",
     f"--config.output={out}",
     "--config.max_length=32",
+    *flags,
   ]
-  failed = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True)
-  assert failed.returncode != 0 and "posts.jsonl:3: bad JSON" in failed.stderr and not out.exists()
-  ok = subprocess.run(cmd + ["--config.skip_bad_lines=True"], cwd=REPO, capture_output=True, text=True)
+
+
+def test_launch_embed_cli(tmp_path):
+  posts = tmp_path / "posts.jsonl"
+  _write_jsonl(posts, ["Debian package manager front-end", "image editor", "", "word " * 40])
+  posts.write_text(posts.read_text() + "not json\n")
+  out = tmp_path / "emb.parquet"
+  failed = subprocess.run(_embed_cmd(posts, out), cwd=REPO, capture_output=True, text=True)
+  assert failed.returncode != 0 and "posts.jsonl:3: text is empty" in failed.stderr and not out.exists()
+  flags = "--config.skip_bad_lines=True", "--config.skip_empty_texts=True"
+  ok = subprocess.run(_embed_cmd(posts, out, *flags), cwd=REPO, capture_output=True, text=True)
   assert ok.returncode == 0, ok.stderr
-  assert "Wrote 2 embeddings of dim 384" in ok.stdout and "skipped 1 bad lines" in ok.stdout
-  assert pq.read_table(out).num_rows == 2
+  assert "Wrote 3 embeddings of dim 384" in ok.stdout, ok.stdout
+  assert "skipped 1 bad lines, skipped 1 empty texts, truncated 1 texts at max_length" in ok.stdout, ok.stdout
+  assert "1 of 3 texts were longer than max_length=32 tokens" in ok.stdout
+  assert pq.read_table(out).num_rows == 3
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.parquet", "posts.jsonl"]
+
+
+@pytest.mark.parametrize(
+  "output,message",
+  [
+    (".", "is a directory; give a file name, e.g."),
+    ("posts.jsonl/emb.parquet", "is not a directory (a file is in the way)"),
+    ("posts.jsonl", "is the input file"),
+  ],
+)
+def test_unwritable_output_fails_before_the_model_loads(tmp_path, output, message):
+  posts = tmp_path / "posts.jsonl"
+  _write_jsonl(posts, ["fine"])
+  config = config_overrides.load_config(str(REPO / "configs/embed.py"))
+  # A model that does not exist: the output check must come first, so this is never reached.
+  config.update(input=str(posts), output=str(tmp_path / output), model=str(tmp_path / "no-such-model"))
+  with pytest.raises(ValueError, match=f"config.output: .*{re.escape(message)}"):
+    batch_embed.run_embed_job(config)
+  assert [p.name for p in tmp_path.iterdir()] == ["posts.jsonl"]
+
+
+def test_sigterm_removes_the_temporary_file(tmp_path):
+  posts = tmp_path / "posts.txt"
+  posts.write_text("".join(f"post number {i} about package {i % 97}\n" for i in range(50_000)))
+  out = tmp_path / "emb.parquet"
+  job = subprocess.Popen(
+    _embed_cmd(posts, out, "--config.chunk_size=256"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+  )
+  try:
+    deadline = time.monotonic() + 180
+    while not list(tmp_path.glob(".emb.parquet.tmp-*")):
+      assert job.poll() is None and time.monotonic() < deadline, job.communicate()
+      time.sleep(0.2)
+    job.send_signal(signal.SIGTERM)
+    assert job.wait(timeout=60) == 128 + signal.SIGTERM
+  finally:
+    job.kill()
+    job.communicate()
+  assert [p.name for p in tmp_path.iterdir()] == ["posts.txt"]
+
+
+def test_temp_files_of_dead_jobs_are_removed(tmp_path, default_embedder):
+  posts = tmp_path / "posts.txt"
+  posts.write_text("one post\n")
+  out = tmp_path / "emb.parquet"
+  dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+  stale = tmp_path / f".emb.parquet.tmp-{int(dead.stdout)}"
+  live = tmp_path / f".emb.parquet.tmp-{os.getppid()}"  # a running process's: maybe still being written
+  stale.write_bytes(b"partial")
+  live.write_bytes(b"partial")
+  batch_embed.embed_file(default_embedder, posts, out, progress=False)
+  assert sorted(p.name for p in tmp_path.iterdir()) == sorted([live.name, "emb.parquet", "posts.txt"])

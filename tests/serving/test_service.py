@@ -95,7 +95,9 @@ def test_back_pressure_answers_429_and_stores_nothing(make_client, debian_posts)
   "path,body,message",
   [
     ("/posts", dict(id="a"), "Field required"),
-    ("/posts", dict(id="a", text=""), "at least 1 character"),
+    ("/posts", dict(id="a", text=""), "text is empty or only whitespace"),
+    ("/posts", dict(id="a", text=" \n\t"), "text is empty or only whitespace"),
+    ("/search", dict(text="  ", k=3), "text is empty or only whitespace"),
     ("/posts", dict(id="a", text="x" * 5001), "at most 5000 characters"),
     ("/posts", dict(id="a", text=42), "valid string"),
     ("/posts", dict(id=7, text="seven"), "valid string"),

@@ -4,10 +4,15 @@ ml_collections only suggests the nearest key for a mistyped override; a research
 keys listed, before any work starts, and ``--help`` to show what can be set. Every launcher defines its config flag
 with ``define_config_flag``, which checks the overrides against the config named on the command line first
 (ml_collections applies overrides as soon as the flag is defined) and lists the config's fields in the flag's help.
+
+A ``configs/NAME.py`` path that does not exist relative to the working directory names the copy of the repository's
+``configs/`` installed with the package (as ``postembed_jax.configs``), so ``python -m postembed_jax.launch.train
+--config configs/mtl.py`` runs from any directory, and from a non-editable install.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import importlib.util
 import sys
 from pathlib import Path
@@ -29,11 +34,33 @@ def _config_arg(argv: list[str], flag: str) -> str | None:
   return None
 
 
+def resolve_config_path(path: str) -> str:
+  """``path`` when it exists; else, for ``configs/NAME.py``, the installed copy of that file if there is one."""
+  relative = Path(path)
+  if relative.exists() or relative.parts[:1] != ("configs",) or len(relative.parts) < 2:
+    return path
+  try:
+    installed = importlib.resources.files("postembed_jax.configs").joinpath(*relative.parts[1:])
+  except ModuleNotFoundError:  # a clone used without installing it
+    return path
+  return str(installed) if installed.is_file() else path
+
+
+def resolve_config_spec(spec: str) -> str:
+  """``resolve_config_path`` of the path part of ``path[:arg]``."""
+  path, colon, arg = str(spec).partition(":")
+  return resolve_config_path(path) + colon + arg
+
+
 def load_module(path: str):
-  """The config file at ``path`` as a module (not added to sys.modules)."""
+  """The config file at ``path`` (see ``resolve_config_path``) as a module (not added to sys.modules)."""
+  path = resolve_config_path(path)
   module_spec = importlib.util.spec_from_file_location(Path(path).stem, path)
   if module_spec is None or not Path(path).is_file():
-    raise FileNotFoundError(f"No config file {path!r}.")
+    raise FileNotFoundError(
+      f"No config file {path!r} (relative paths are read from the working directory; configs/NAME.py also from "
+      "the package's installed configs)."
+    )
   module = importlib.util.module_from_spec(module_spec)
   module_spec.loader.exec_module(module)
   return module
@@ -111,4 +138,16 @@ def define_config_flag(default: str, summary: str, flag: str = "config") -> flag
   """The launcher's ``--config`` flag: exits at once on a mistyped field, and its help lists every field."""
   spec = _config_arg(sys.argv, flag) or default
   config = exit_on_unknown_override(spec, flag)
-  return config_flags.DEFINE_config_file(flag, default, config_help(spec, summary, flag, config))
+  _resolve_config_arg(sys.argv, flag)  # ml_collections opens the path as given
+  return config_flags.DEFINE_config_file(flag, resolve_config_spec(default), config_help(spec, summary, flag, config))
+
+
+def _resolve_config_arg(argv: list[str], flag: str) -> None:
+  """Rewrites the ``--flag`` value in ``argv`` (in place) to ``resolve_config_spec`` of it."""
+  for i, arg in enumerate(argv):
+    if arg.startswith(f"--{flag}="):
+      argv[i] = f"--{flag}={resolve_config_spec(arg.split('=', 1)[1])}"
+      return
+    if arg == f"--{flag}" and i + 1 < len(argv):
+      argv[i + 1] = resolve_config_spec(argv[i + 1])
+      return

@@ -91,3 +91,21 @@ def test_retrieval_notebook_indexes_clusters_and_plots(tmp_path, monkeypatch):
   assert "held-out posts in the top 10" in text
   assert "max_clusters=5" in text and "recall" in text
   assert _has_image(outputs)
+
+
+@pytest.mark.parametrize("name", ["quickstart.ipynb", "ablation_report.ipynb", "retrieval.ipynb"])
+def test_every_notebook_opens_with_an_install_cell_that_is_a_no_op_here(name, monkeypatch):
+  """The first code cell installs from a clone (or clones first) where the package is missing, as on Colab; where it
+  imports (an installed clone, these tests) it runs nothing, and a markdown cell before it says how."""
+  notebook = nbformat.read(REPO / "colabs" / name, as_version=4)
+  first = next(i for i, c in enumerate(notebook.cells) if c.cell_type == "code")
+  install = notebook.cells[first].source
+  assert 'find_spec("postembed_jax")' in install and '"git", "clone"' in install and '"-e"' in install
+  assert any("On Colab" in c.source and "pip install -e" in c.source for c in notebook.cells[:first])
+  assert "pip install postembed_jax" not in "\n".join(c.source for c in notebook.cells)  # no index has it
+
+  def no_subprocess(*args, **kwargs):
+    raise AssertionError(f"the install cell ran {args}")
+
+  monkeypatch.setattr("subprocess.run", no_subprocess)
+  exec(compile(install, f"{name}[{first}]", "exec"), {})

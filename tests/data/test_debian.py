@@ -33,6 +33,76 @@ def test_apt_mirror_reads_deb822_and_one_line_sources(tmp_path):
     debian.apt_mirror(str(tmp_path))
 
 
+# /etc/apt on a Colab runtime (Ubuntu 22.04): Ubuntu's archive, NVIDIA's CUDA repository, CRAN and a PPA.
+_COLAB_SOURCES_LIST = """\
+deb http://archive.ubuntu.com/ubuntu/ jammy main restricted
+# deb-src http://archive.ubuntu.com/ubuntu/ jammy main restricted
+deb http://archive.ubuntu.com/ubuntu/ jammy-updates main restricted
+deb http://archive.ubuntu.com/ubuntu/ jammy universe
+deb http://security.ubuntu.com/ubuntu/ jammy-security main restricted
+"""
+_COLAB_LISTS = {
+  "cuda.list": "deb [signed-by=/usr/share/keyrings/cuda.gpg] "
+  "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64 /\n",
+  "r-project.list": "deb https://cloud.r-project.org/bin/linux/ubuntu jammy-cran40/\n",
+}
+_UBUNTU_DEB822 = "Types: deb\nURIs: http://archive.ubuntu.com/ubuntu/\nSuites: noble noble-updates\nComponents: main\n"
+
+
+def test_apt_mirror_refuses_an_ubuntu_machine_naming_its_archive_and_the_setting(tmp_path):
+  (tmp_path / "sources.list.d").mkdir()
+  (tmp_path / "sources.list").write_text(_COLAB_SOURCES_LIST)
+  for name, text in _COLAB_LISTS.items():
+    (tmp_path / "sources.list.d" / name).write_text(text)
+  with pytest.raises(debian.NotADebianArchiveError) as e:
+    debian.apt_mirror(str(tmp_path))
+  message = str(e.value)
+  assert "list no Debian archive: http://archive.ubuntu.com/ubuntu (jammy)" in message
+  assert "--config.mirror=http://deb.debian.org/debian" in message and "MIRROR in the notebooks" in message
+  # Ubuntu 24.04's deb822 file alone: the same.
+  for path in [tmp_path / "sources.list", *(tmp_path / "sources.list.d").iterdir()]:
+    path.unlink()
+  (tmp_path / "sources.list.d" / "ubuntu.sources").write_text(_UBUNTU_DEB822)
+  with pytest.raises(debian.NotADebianArchiveError, match=r"ubuntu \(noble, noble-updates\) is not Debian"):
+    debian.apt_mirror(str(tmp_path))
+  # A Debian entry after the Ubuntu ones is found.
+  (tmp_path / "sources.list").write_text("deb http://ftp.example/debian trixie main\n")
+  assert debian.apt_mirror(str(tmp_path)) == "http://ftp.example/debian"
+
+
+@pytest.mark.parametrize(
+  "suite,debian_suite",
+  [("bookworm", True), ("bookworm-backports", True), ("stable", True), ("sid", True), ("jammy", False)]
+  + [("noble-updates", False), ("jammy-cran40/", False), ("/", False)],
+)
+def test_is_debian_suite(suite, debian_suite):
+  assert debian.is_debian_suite(suite) is debian_suite
+
+
+def test_a_mirror_without_the_release_fails_naming_it(tmp_path):
+  """An archive with no dists/bookworm (Ubuntu's, say), over HTTP (404) and as a local file:// copy."""
+  import functools
+  import http.server
+  import threading
+
+  (tmp_path / "ubuntu" / "dists" / "jammy").mkdir(parents=True)
+  (tmp_path / "ubuntu" / "dists" / "jammy" / "InRelease").write_text("Origin: Ubuntu\n")
+  handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+  server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+  threading.Thread(target=server.serve_forever, daemon=True).start()
+  try:
+    mirror = f"http://127.0.0.1:{server.server_address[1]}/ubuntu"
+    with pytest.raises(debian.NotADebianArchiveError, match=rf"The mirror {mirror} has no Debian release 'bookworm'"):
+      debian.IndexSource("bookworm", mirror=mirror, cache_dir=str(tmp_path / "cache"))
+  finally:
+    server.shutdown()
+    server.server_close()
+  mirror = (tmp_path / "ubuntu").as_uri()
+  with pytest.raises(debian.NotADebianArchiveError, match="--config.mirror=http://deb.debian.org/debian"):
+    debian.IndexSource("bookworm", mirror=mirror, cache_dir=str(tmp_path / "cache"))
+  assert not (tmp_path / "cache").exists()
+
+
 def test_split_description_renders_paragraphs_verbatim_and_cjk():
   synopsis, long = debian.split_description("short one\n first line\n wrapped here\n .\n  verbatim  line\n second para")
   assert synopsis == "short one"

@@ -16,6 +16,7 @@ import hashlib
 import lzma
 import os
 import re
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -33,12 +34,34 @@ _DECOMPRESS = {
 }
 
 
+# Debian's release code names (Toy Story characters) and suite names. An apt entry none of whose suites is one of
+# these serves another distribution: Ubuntu's archive (jammy, noble, ...) on Colab has no Debian release at all.
+DEBIAN_SUITES = frozenset(
+  "buzz rex bo hamm slink potato woody sarge etch lenny squeeze wheezy jessie stretch buster bullseye bookworm "
+  "trixie forky duke sid experimental unstable testing stable oldstable oldoldstable".split()
+)
+SET_MIRROR_HINT = (
+  "Set a Debian archive: --config.mirror=http://deb.debian.org/debian for launch/build_data.py, "
+  "--config.data.mirror=... for training and evaluation, MIRROR in the notebooks; or index_dir for a local copy."
+)
+
+
+class NotADebianArchiveError(RuntimeError):
+  """The mirror (from the apt sources or the config) is not a Debian archive, or lacks the release."""
+
+
+def is_debian_suite(suite: str) -> bool:
+  """``bookworm``, ``bookworm-updates``, ``stable``, ``sid``: yes; ``jammy``, ``noble-updates``, ``focal/``: no."""
+  return suite.strip("/").split("/")[0].split("-")[0] in DEBIAN_SUITES
+
+
 def apt_mirror(apt_dir: str = "/etc/apt") -> str:
   """Returns the Debian archive URI the machine's apt sources use.
 
   Reads deb822 ``*.sources`` files and one-line ``*.list`` files and picks the
-  first ``deb`` entry whose suites are not security/updates suites, so no host
-  name is ever hard-coded in this project.
+  first ``deb`` entry with a Debian suite that is not a security/updates suite, so no host
+  name is ever hard-coded in this project. Raises NotADebianArchiveError, naming what the sources do list, when
+  no entry is a Debian one (an Ubuntu machine such as Colab).
   """
   candidates = []
   for path in sorted(glob.glob(os.path.join(apt_dir, "sources.list.d", "*.sources"))):
@@ -59,12 +82,20 @@ def apt_mirror(apt_dir: str = "/etc/apt") -> str:
         parts = re.sub(r"\[[^\]]*\]", " ", line.split("#", 1)[0]).split()
         if len(parts) >= 3 and parts[0] == "deb":
           candidates.append((parts[1], [parts[2]]))
+  others = []
   for uri, suites in candidates:
-    if any(not s.endswith(("-security", "-updates", "/updates")) for s in suites):
+    main_suites = [s for s in suites if not s.endswith(("-security", "-updates", "/updates"))]
+    if any(is_debian_suite(s) for s in main_suites):
       return uri.rstrip("/")
-  raise RuntimeError(
-    f"No Debian archive found in the apt sources under {apt_dir}; set the `mirror` config value to an archive URI."
-  )
+    if main_suites:
+      others.append(f"{uri.rstrip('/')} ({', '.join(suites)})")
+  if others:
+    raise NotADebianArchiveError(
+      f"The apt sources under {apt_dir} list no Debian archive: {'; '.join(others[:3])} "
+      f"{'is' if len(others) == 1 else 'are'} not Debian (no Debian release name among the suites; an Ubuntu "
+      f"machine such as Colab lists only Ubuntu's archive). {SET_MIRROR_HINT}"
+    )
+  raise NotADebianArchiveError(f"No Debian archive found in the apt sources under {apt_dir}. {SET_MIRROR_HINT}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -134,7 +165,22 @@ class IndexSource:
           return f.read()
     if self.index_dir:
       raise FileNotFoundError(f"No InRelease or Release file in {self.index_dir}")
-    data = self._download("InRelease")
+    try:
+      data = self._download("InRelease")
+    except urllib.error.HTTPError as e:
+      if e.code != 404:
+        raise
+      raise NotADebianArchiveError(
+        f"The mirror {self.mirror} has no Debian release {self.release!r} ({self._url('InRelease')}: HTTP 404); "
+        f"it is not a Debian archive, or not one with this release. {SET_MIRROR_HINT}"
+      ) from e
+    except urllib.error.URLError as e:
+      if not isinstance(e.reason, FileNotFoundError):  # unreachable host, refused, ...: the message says so
+        raise
+      raise NotADebianArchiveError(
+        f"The mirror {self.mirror} has no Debian release {self.release!r} ({self._url('InRelease')} does not "
+        f"exist). {SET_MIRROR_HINT}"
+      ) from e
     os.makedirs(self.cache_dir, exist_ok=True)
     with open(os.path.join(self.cache_dir, "InRelease"), "wb") as f:
       f.write(data)

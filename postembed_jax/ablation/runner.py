@@ -5,6 +5,11 @@ Each run is the training config plus a few ml_collections overrides (``plan.run_
 ``<workdir>/<regime>/<arm>/lr_<lr>/seed_<s>`` by ``train_and_evaluate``. A trained run has ``train.json``, a
 scored one ``result.json``; both are skipped when present, and a killed run resumes from its checkpoint. Runs go one
 after another, or to ``workers`` processes at once, longest first.
+
+A SIGTERM to the ablation (a scheduler's preemption notice) stops it as it stops one training run: every run in
+training saves and stops, no new run starts, and the ablation raises ``launching.Preempted``; the same command
+resumes. With worker processes the parent passes the notice on: workers are fresh interpreters that would otherwise
+be orphaned and train on. A worker that is not training (idle, or scoring) ignores the notice and finishes.
 """
 
 from __future__ import annotations
@@ -15,12 +20,15 @@ import dataclasses
 import json
 import math
 import multiprocessing
+import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
 import ml_collections
 
+from postembed_jax import launching
 from postembed_jax.ablation import plan
 
 TRAIN_FILE = "train.json"  # written when training (and the export) finished: the run's validation record
@@ -125,6 +133,27 @@ def execute_run(config_json: str, run: plan.Run, score: bool) -> dict:
   return result
 
 
+def _ignore_sigterm() -> None:
+  """Worker initializer: only a training run (its PreemptionWatch) acts on the notice the parent passes on."""
+  signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
+class _ForwardSigterm:
+  """Holds the parent's SIGTERM handler while worker processes run: records the notice and passes it to them."""
+
+  def __init__(self):
+    self.requested = False
+    self._previous = signal.signal(signal.SIGTERM, self._handle)
+
+  def _handle(self, signum, frame):
+    self.requested = True
+    for child in multiprocessing.active_children():
+      os.kill(child.pid, signal.SIGTERM)
+
+  def close(self) -> None:
+    signal.signal(signal.SIGTERM, self._previous)
+
+
 class _Inline:
   """A pool of one that runs each job in this process when it is submitted."""
 
@@ -141,6 +170,7 @@ def run_ablation(config) -> Outcome:
   """Runs every unfinished run (skipping finished ones), phase 2 of an arm as soon as its phase 1 is complete, and
   returns the outcome in plan order; writes ``selection.json``."""
   from postembed_jax.data import config as data_config_lib
+  from postembed_jax.data import debian
   from postembed_jax.evaluation import evaluators
 
   evaluators.check_names(config.evaluators)
@@ -149,6 +179,8 @@ def run_ablation(config) -> Outcome:
   data_config_lib.resolve_tasks(plan.eval_data_config(config, arms[0].tasks))
   for arm in arms:
     plan.selection_key(config, arm)  # a bad selection metric fails before any training
+  if config.workers > 1 and config.train.data.source == "debian":
+    debian.prepare(config.train.data)  # once, here: workers starting together would each build it and collide
   selecting = {arm.key: plan.selection_runs(config, [arm]) for arm in arms}
   records: dict[str, dict] = {}  # run name -> training record, or result once scored
   scored: set[str] = set()
@@ -190,43 +222,66 @@ def run_ablation(config) -> Outcome:
     f"Ablation in {config.workdir}: {plan.count_runs(config)} trainings in {len(arms)} arms (lr grid "
     f"{', '.join(f'{v:g}' for v in grid)}); {len(records)} found trained; {config.workers} worker(s)."
   )
-  config_json = config.to_json()
   arm_of = {arm.key: arm for arm in arms}
   if config.workers <= 1:
     pool_context = contextlib.nullcontext(_Inline())
   else:  # fresh interpreters (spawn): JAX's runtime must not be forked
     pool_context = concurrent.futures.ProcessPoolExecutor(
-      config.workers, mp_context=multiprocessing.get_context("spawn")
+      config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigterm
     )
-  started = 0
-  with pool_context as pool:
-    in_flight: dict[concurrent.futures.Future, tuple[plan.Run, bool]] = {}
-    while ready or in_flight:
-      while ready and len(in_flight) < max(1, config.workers):
-        ready.sort(key=lambda item: (-item[0].cost, item[1]))  # longest first, selection before scoring
-        run, score = ready.pop(0)
-        started += 1
-        what = (
-          ("test (trained for the selection)" if run.name in records else "train, then test")
-          if score
-          else "train, for the lr selection"
-        )
-        print(f"[{started}] {run.name}: {what} (tasks {','.join(run.arm.tasks)})", flush=True)
-        in_flight[pool.submit(execute_run, config_json, run, score)] = (run, score)
-      finished, _ = concurrent.futures.wait(list(in_flight), return_when=concurrent.futures.FIRST_COMPLETED)
-      for future in finished:
-        run, score = in_flight.pop(future)
-        record = records[run.name] = future.result()
-        if score:
-          scored.add(run.name)
-        print(
-          f"finished {run.name}: {record['steps']} steps, best {record['selection_metric']} "
-          f"{record['selection_value']:.4f} at step {record['best_step']}",
-          flush=True,
-        )
-        advance(arm_of[run.arm.key])
+  preempted: list[str] = []
+  notice = _ForwardSigterm() if config.workers > 1 else None  # one process: the training loop's own watch
+  try:
+    with pool_context as pool:
+      _execute(config, pool, ready, records, scored, advance, arm_of, notice, preempted)
+  finally:
+    if notice is not None:
+      notice.close()
   _write_selection(config, choices)
+  if preempted or (notice is not None and notice.requested):
+    raise launching.Preempted(
+      f"Ablation stopped by SIGTERM; {len(preempted)} run(s) saved mid-training ({', '.join(preempted) or 'none'})."
+    )
   return _outcome(config, arms, records, choices)
+
+
+def _execute(config, pool, ready, records, scored, advance, arm_of, notice, preempted) -> None:
+  """Submits ready runs longest first, at most ``workers`` at a time, until none is left or a notice came; a run
+  stopped by the notice is added to ``preempted``."""
+  config_json, started = config.to_json(), 0
+  in_flight: dict[concurrent.futures.Future, tuple[plan.Run, bool]] = {}
+  while (ready and not (notice is not None and notice.requested)) or in_flight:
+    while ready and not (notice is not None and notice.requested) and len(in_flight) < max(1, config.workers):
+      ready.sort(key=lambda item: (-item[0].cost, item[1]))  # longest first, selection before scoring
+      run, score = ready.pop(0)
+      started += 1
+      what = (
+        ("test (trained for the selection)" if run.name in records else "train, then test")
+        if score
+        else "train, for the lr selection"
+      )
+      print(f"[{started}] {run.name}: {what} (tasks {','.join(run.arm.tasks)})", flush=True)
+      in_flight[pool.submit(execute_run, config_json, run, score)] = (run, score)
+    if not in_flight:
+      break
+    finished, _ = concurrent.futures.wait(list(in_flight), return_when=concurrent.futures.FIRST_COMPLETED)
+    for future in finished:
+      run, score = in_flight.pop(future)
+      try:
+        record = records[run.name] = future.result()
+      except launching.Preempted:
+        if notice is None:
+          raise  # one process: the run's own message is the ablation's
+        preempted.append(run.name)
+        continue
+      if score:
+        scored.add(run.name)
+      print(
+        f"finished {run.name}: {record['steps']} steps, best {record['selection_metric']} "
+        f"{record['selection_value']:.4f} at step {record['best_step']}",
+        flush=True,
+      )
+      advance(arm_of[run.arm.key])
 
 
 def _write_selection(config, choices: dict[str, dict]) -> None:

@@ -3,8 +3,10 @@ training and scoring), and launch/ablate.py."""
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -201,3 +203,57 @@ def test_launcher_end_to_end_on_the_fixture(tmp_path, tiny_model_dir, fixture_da
   assert len(list(tmp_path.glob("full/*/lr_*/seed_0/result.json"))) == 3  # the chosen rates only
   again = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
   assert again.returncode == 0 and "6 found trained" in again.stdout and "[1]" not in again.stdout
+
+
+@pytest.mark.slow
+def test_sigterm_stops_every_worker_and_exits_preempted(tmp_path, tiny_model_dir, fixture_data_config):
+  """A SIGTERM to the ablation's parent (what a scheduler sends) reaches its worker processes: the runs in training
+  save and stop, nothing is left running, and the launcher exits with the preempted status. Without the forwarding
+  the spawned workers are orphaned and train on."""
+  cmd = [
+    sys.executable,
+    "launch/ablate.py",
+    "--config",
+    "configs/ablation.py:quick",
+    f"--config.workdir={tmp_path}",
+    "--config.tasks=search,storyline",
+    "--config.train.data.tasks=search,storyline",
+    "--config.seeds=0",
+    "--config.workers=2",
+    f"--config.train.model={tiny_model_dir}",
+    "--config.train.embed_dim=16",
+    f"--config.train.data.index_dir={FIXTURE}",
+    f"--config.train.data.data_dir={fixture_data_config.data_dir}",
+    "--config.train.total_steps=100000",
+    "--config.train.early_stopping.patience=0",
+    "--config.train.data.batch_size=4",
+    "--config.train.data.max_length=16",
+    "--config.train.data.bucket_lengths=(16,)",
+    "--config.train.eval.every_steps=2",
+    "--config.train.checkpoint.every_steps=2",
+    "--config.train.eval.max_examples=10",
+    "--config.affinity_every_steps=0",
+  ]
+  env = dict(os.environ, JAX_PLATFORMS="cpu")
+  process = subprocess.Popen(
+    cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True
+  )
+  try:
+    deadline = time.monotonic() + 600
+    while len(list(tmp_path.glob("full/*/lr_*/seed_0/checkpoints/2"))) < 2:  # both workers are training
+      assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+      time.sleep(1)
+    process.send_signal(signal.SIGTERM)
+    stdout, stderr = process.communicate(timeout=300)
+  finally:
+    if process.poll() is None:
+      os.killpg(process.pid, signal.SIGKILL)
+  assert process.returncode == 75, stdout[-2000:] + stderr[-2000:]
+  last = stderr.strip().splitlines()[-1]
+  assert "Ablation stopped by SIGTERM; 2 run(s) saved mid-training" in last and "Run the same command again" in last
+  time.sleep(2)
+  with pytest.raises(ProcessLookupError):  # no worker outlived the parent
+    os.killpg(process.pid, 0)
+  for run in tmp_path.glob("full/*/lr_*/seed_0"):
+    assert not (run / "train.json").exists()  # stopped, not finished
+    assert sorted(int(p.name) for p in (run / "checkpoints").iterdir() if p.name.isdigit())[-1] >= 2

@@ -6,15 +6,22 @@ same maximum steps and per-task batch size, every run early-stopped on validatio
 validation checkpoint, each arm's learning rate chosen on validation from `lr_grid` (seed `selection_seed`), then
 every seed at the chosen rate scored once on the test split. Runs live in
 `<workdir>/<regime>/<arm>/lr_<lr>/seed_<s>`; re-running the command skips finished runs and resumes killed ones.
+Own data (docs/own_data.md): `--config.train.data.source=files --config.train.data.files=a=PATH,b=PATH
+--config.tasks=a,b` (each run's data config is `train.data`; `tasks` are the tasks compared).
 
 The argument is `budget=default|quick|long` and `regime=full|capped|scarce` (or the values alone, e.g. `:quick,scarce`;
-`--config.regimes=full,capped,scarce` runs several into one report). Times are estimates for the 2-core CPU with
-`--config.workers=2`, from docs/evaluation.md's measured rates (about 1 s per 16-pair STL step with two runs at once,
-so about 5 s per all-tasks MTL step with five tasks), not measurements:
-  default  five pair tasks, 3 seeds, lr grid {1e-4, 3e-4}, at most 150 steps of 16 pairs per task (max length 64),
-           validation every 25 steps on 100 examples per task, patience 3. regime=full: 6 arms x (3 seeds + 1 more
-           grid rate) = 24 trainings (4 MTL of about 18 min, 20 STL of about 5 min), about 85 min at most and less
-           when runs stop early; capped: the same; scarce: 10 arms, 40 trainings (20 MTL), about 3.5 hours
+`--config.regimes=full,capped,scarce` runs several into one report). Times are for the 2-core CPU with
+`--config.workers=2` (two runs at once), measured in the default run of docs/ablation_protocol_default/ unless
+marked as estimates:
+  default  five pair tasks, 3 seeds, lr grid {1e-4, 3e-4}, at most 80 steps of 16 pairs per task (max length 64),
+           validation every 20 steps on 100 examples per task, patience 3 (so at this budget early stopping picks
+           the exported checkpoint but cannot end a run before its last step). regime=full: 6 arms x (3 seeds + 1
+           more grid rate) = 24 trainings: 4 MTL of 20-40 min (an all-tasks step of five 16-pair batches took
+           8-15 s with two runs at once, up to 60 s while other jobs shared the cores), 20 STL of about 3.5 min;
+           the report has the wall time. capped: the same; scarce: 10 arms, 40 trainings (20 MTL), an estimated
+           4-5 hours.
+           (150 steps, the earlier default, measured 15 s per MTL step at once: about 2.6 hours, over the 90-minute
+           budget this variant is sized for.)
   quick    tasks interest and search, 2 seeds, one learning rate, at most 40 steps: 6 trainings, about 12 min
   long     the paper-scale budget for a GPU (one worker): the main job's batch and lengths, at most 2,000 steps,
            validation every 100 steps on 500 examples, 5 seeds, lr grid {5e-5, 1e-4, 2e-4}
@@ -68,10 +75,10 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   if budget == "default":
     training.quick(c.train)  # short texts and small batches: the per-step cost a CPU can afford
-    c.train.total_steps = 150
-    c.train.optim.warmup_steps = 15
+    c.train.total_steps = 80
+    c.train.optim.warmup_steps = 8
     c.train.data.max_examples_per_task = 0  # every training pair
-    c.train.eval.every_steps = c.train.checkpoint.every_steps = 25
+    c.train.eval.every_steps = c.train.checkpoint.every_steps = 20
     c.train.eval.max_examples = 100
   elif budget == "quick":
     training.quick(c.train)

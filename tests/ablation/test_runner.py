@@ -151,12 +151,9 @@ def test_launcher_rejects_a_mistyped_field_before_any_work(tmp_path):
   assert list(tmp_path.iterdir()) == []
 
 
-@pytest.mark.slow
-def test_launcher_end_to_end_on_the_fixture(tmp_path, tiny_model_dir, fixture_data_config):
-  """A tiny ablation through launch/ablate.py: two rates per arm selected on validation, the chosen selection runs
-  scored on test with two evaluators, the report; then a second invocation finds everything finished. (A further
-  seed at the chosen rate trains like a selection run; the fake-training tests cover it.)"""
-  cmd = [
+def _fixture_ablation(tmp_path, tiny_model_dir, fixture_data_config) -> list[str]:
+  """launch/ablate.py on the tiny model and the fixture corpus, tasks search and storyline, seed 0."""
+  return [
     sys.executable,
     "launch/ablate.py",
     "--config",
@@ -165,11 +162,21 @@ def test_launcher_end_to_end_on_the_fixture(tmp_path, tiny_model_dir, fixture_da
     "--config.tasks=search,storyline",
     "--config.train.data.tasks=search,storyline",
     "--config.seeds=0",
-    "--config.lr_grid=1e-4,1e-3",
     f"--config.train.model={tiny_model_dir}",
     "--config.train.embed_dim=16",
     f"--config.train.data.index_dir={FIXTURE}",
     f"--config.train.data.data_dir={fixture_data_config.data_dir}",
+  ]
+
+
+@pytest.mark.slow
+def test_launcher_end_to_end_on_the_fixture(tmp_path, tiny_model_dir, fixture_data_config):
+  """A tiny ablation through launch/ablate.py: two rates per arm selected on validation, the chosen selection runs
+  scored on test with two evaluators, the report; then a second invocation finds everything finished. (A further
+  seed at the chosen rate trains like a selection run; the fake-training tests cover it.)"""
+  cmd = [
+    *_fixture_ablation(tmp_path, tiny_model_dir, fixture_data_config),
+    "--config.lr_grid=1e-4,1e-3",
     "--config.train.total_steps=4",
     "--config.train.data.batch_size=8",
     "--config.train.data.max_length=32",
@@ -211,19 +218,8 @@ def test_sigterm_stops_every_worker_and_exits_preempted(tmp_path, tiny_model_dir
   save and stop, nothing is left running, and the launcher exits with the preempted status. Without the forwarding
   the spawned workers are orphaned and train on."""
   cmd = [
-    sys.executable,
-    "launch/ablate.py",
-    "--config",
-    "configs/ablation.py:quick",
-    f"--config.workdir={tmp_path}",
-    "--config.tasks=search,storyline",
-    "--config.train.data.tasks=search,storyline",
-    "--config.seeds=0",
+    *_fixture_ablation(tmp_path, tiny_model_dir, fixture_data_config),
     "--config.workers=2",
-    f"--config.train.model={tiny_model_dir}",
-    "--config.train.embed_dim=16",
-    f"--config.train.data.index_dir={FIXTURE}",
-    f"--config.train.data.data_dir={fixture_data_config.data_dir}",
     "--config.train.total_steps=100000",
     "--config.train.early_stopping.patience=0",
     "--config.train.data.batch_size=4",

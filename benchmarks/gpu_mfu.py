@@ -1,49 +1,60 @@
-"""Tokens/s and model FLOP utilisation (MFU) of our full training step for a BERT-base shaped encoder in bfloat16.
+"""Tokens/s and model FLOP utilisation (MFU) of our full training step for a BERT-base shaped encoder in bfloat16,
+as an interleaved A/B of the accelerator options (docs/training.md, "Accelerator efficiency options").
 
-  python -m benchmarks.gpu_mfu [--seq_lens 128,512] [--batch_sizes 256,64] [--steps 20] [--peak_tflops X]
+  python -m benchmarks.gpu_mfu [--seq_lens 128,512] [--batch_sizes 256,64] [--steps 20] [--rounds 5]
+      [--variants baseline,fused_attention,...] [--trace_dir DIR] [--peak_tflops X]
+
+Each variant (``VARIANTS``: training-config overrides of the encoder options) gets its own trainer and compiled
+step; after compiling and warming up all of them, ``--rounds`` rounds time ``--steps`` steps of every variant in
+turn (the order rotating each round), so drifting clocks or a neighbour's load hit every variant alike. A row
+reports the median step time over the rounds and the median of the per-round speed-ups over ``baseline``.
+``--trace_dir`` saves a ``jax.profiler`` trace of one more step per variant (TensorBoard / Perfetto), one
+annotation per variant.
 
 The step is the library's own, from the trainer of ``postembed_jax.train.setup.build_random`` on the training
-config's defaults (``training_config``: forward and backward of the siamese pair loss through the tower twice,
-global-norm clipping, AdamW, donated state), on a randomly initialised PostEncoder of BERT-base shape (12 layers,
-hidden 768, 12 heads, MLP 3072, vocabulary 30522, float32 parameters, bfloat16 compute, dropout 0.1 as in BERT)
-without projection, and device-resident batches of full-length rows (no padding).
+config's defaults (``training_config``: forward and backward of the siamese pair loss, both sides in one tower
+call on an accelerator (``config.pair_tower_calls``), global-norm clipping, AdamW, donated state), on a randomly
+initialised PostEncoder of BERT-base shape (12 layers, hidden 768, 12 heads, MLP 3072, vocabulary 30522, float32
+parameters, bfloat16 compute, dropout 0.1 as in BERT) without projection, and device-resident batches of
+full-length rows (no padding).
 
-FLOPs of one step, counting matrix products only (the usual convention; embeddings, layer norms, softmax and the
-optimizer are left out), for each of the two tower passes over B rows of L tokens:
+FLOPs of one step count matrix products only, for each tower pass over B rows of L tokens
+(``postembed_jax.train.mfu``, the formula the training loop's MFU uses):
 
-    FLOPs = B * L * (6 * N + 12 * layers * hidden * L)
-    N = layers * (4 * hidden^2 + 2 * hidden * mlp)      (Q, K, V, output and the two MLP matrices)
+    FLOPs = B * L * (6 * N + 12 * layers * hidden * L),  N = layers * (4 * hidden^2 + 2 * hidden * mlp)
 
-6 * N per token is 2 (multiply-add) x 3 (forward, and backward for inputs and weights); the second term is
-Q K^T and probs V (2 * 2 * L * hidden per token and layer forward), times 3 likewise. MFU = FLOPs / step time /
-peak, the peak being the device's dense bfloat16 rate (H100 SXM / H200: 989 TFLOP/s; --peak_tflops overrides).
+MFU = FLOPs / step time / peak, the peak being the device's dense bfloat16 rate (``mfu.PEAK_BF16_TFLOPS``;
+H100 SXM / H200: 989 TFLOP/s; --peak_tflops overrides).
 
-On a CPU it runs at toy sizes (batch 4, 2 steps) so that it can be tested anywhere; MFU is 'n/a' unless
---peak_tflops is given. Writes benchmarks/results/gpu_mfu.{json,md}.
+On a CPU it runs at toy sizes (batch 4, 2 steps, 1 round, the baseline only) so that it can be tested anywhere;
+MFU is 'n/a' unless --peak_tflops is given. Writes benchmarks/results/gpu_mfu.{json,md}.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import time
-from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from benchmarks import common
+from postembed_jax.train.mfu import matmul_params, peak_tflops, train_step_flops
 
 TARGET_MFU = 0.45
 
-# Dense bfloat16 peak TFLOP/s by device kind (first matching substring wins; vendors' data sheets, no sparsity).
-PEAK_BF16_TFLOPS = (
-  ("H100 PCIe", 756.0),
-  ("H100 NVL", 835.0),
-  ("H200", 989.0),
-  ("H100", 989.0),
-  ("A100", 312.0),
-  ("L40S", 362.0),
-  ("L4", 121.0),
-)
+# Training-config overrides measured against "baseline" (today's defaults); see postembed_jax/train/config.py.
+VARIANTS = {
+  "baseline": {},
+  "fused_attention": {"attention_impl": "auto"},  # cuDNN on a GPU in bf16, XLA elsewhere; no attention dropout
+  "rbg_dropout": {"prng_impl": "rbg"},
+  "unsafe_rbg_dropout": {"prng_impl": "unsafe_rbg"},
+  "tanh_gelu": {"gelu": "tanh"},
+  "scan_layers": {"scan_layers": True},
+  "remat_dots": {"remat": "dots_saveable"},
+  "combined": {"attention_impl": "auto", "prng_impl": "unsafe_rbg", "gelu": "tanh"},
+}
 
 TASK = "search"  # any pair task: the step is the shared pair step
 
@@ -52,28 +63,10 @@ BERT_BASE = dict(
 )
 
 
-def matmul_params(cfg) -> int:
-  """N: weights of the matrix products of the encoder layers (biases, norms and embeddings excluded)."""
-  h, f = cfg.hidden_size, cfg.intermediate_size
-  return cfg.num_layers * (4 * h * h + 2 * h * f)
-
-
-def train_step_flops(cfg, batch_size: int, seq_lens: Sequence[int]) -> float:
-  """Model FLOPs of one training step whose tower runs once per entry of ``seq_lens`` over ``batch_size`` rows."""
-  n = matmul_params(cfg)
-  return float(sum(batch_size * L * (6 * n + 12 * cfg.num_layers * cfg.hidden_size * L) for L in seq_lens))
-
-
-def peak_tflops(device_kind: str) -> float | None:
-  for name, tflops in PEAK_BF16_TFLOPS:
-    if name.lower() in device_kind.lower():
-      return tflops
-  return None
-
-
-def train_config(dtype: str = "bfloat16", seed: int = 0):
+def train_config(dtype: str = "bfloat16", seed: int = 0, **overrides):
   """The training config of the measured step: the training defaults with the encoder's full width (no
-  projection), the given compute dtype and seed, and no persistent compilation cache (compile time is cold)."""
+  projection), the given compute dtype, seed and ``overrides``, and no persistent compilation cache (compile time
+  is cold)."""
   from postembed_jax.train.config import training_config
 
   config = training_config(TASK)
@@ -81,30 +74,18 @@ def train_config(dtype: str = "bfloat16", seed: int = 0):
   config.dtype = dtype
   config.seed = seed
   config.compilation_cache_dir = ""
+  config.update(overrides)
   return config
 
 
-def measure(
-  cfg,
-  *,
-  batch_size: int,
-  seq_len: int,
-  steps: int,
-  warmup: int,
-  dtype: str = "bfloat16",
-  prng_impl: str | None = None,
-  seed: int = 0,
-) -> dict[str, Any]:
-  """Builds a random model of shape ``cfg`` and times ``steps`` of its training step on pair batches of
-  ``batch_size`` x ``seq_len`` tokens a side. Returns step time, tokens/s and achieved FLOP/s."""
-  import jax
+def build(cfg, overrides: dict, *, batch_size: int, seq_len: int, dtype: str, seed: int = 0) -> dict[str, Any]:
+  """A random model of shape ``cfg`` trained with ``overrides``, its jitted step and a device-resident pair batch
+  of ``batch_size`` x ``seq_len`` tokens a side, after one (compiling) step, timed."""
   import numpy as np
 
   from postembed_jax.train import setup
 
-  if prng_impl:
-    jax.config.update("jax_default_prng_impl", prng_impl)
-  trainer = setup.build_random(train_config(dtype, seed), cfg)
+  trainer = setup.build_random(train_config(dtype, seed, **overrides), cfg)
   rng = np.random.default_rng(seed)
   ids = lambda: rng.integers(1000, cfg.vocab_size, (batch_size, seq_len), dtype=np.int32)
   ones = np.ones((batch_size, seq_len), np.int32)
@@ -118,38 +99,81 @@ def measure(
   }
   # The jitted step on a batch already on the device: the loop's host work (transfer, fetching metrics) is not
   # what MFU measures.
-  step, batch, state = trainer.step_for(host_batch), trainer.device_batch(host_batch), trainer.state
+  run = {"step": trainer.step_for(host_batch), "batch": trainer.device_batch(host_batch), "state": trainer.state}
+  run["compile_and_first_step_s"] = time_steps(run, 1)
+  return run
+
+
+def time_steps(run: dict[str, Any], steps: int) -> float:
+  """Seconds per step of ``steps`` steps of a ``build`` (its state carried on); fails on a non-finite loss."""
+  import jax
+  import numpy as np
 
   t0 = time.perf_counter()
-  state, metrics = step(state, batch)
-  jax.block_until_ready((state, metrics))
-  first_s = time.perf_counter() - t0
-  for _ in range(warmup):
-    state, metrics = step(state, batch)
-  jax.block_until_ready((state, metrics))
-  t0 = time.perf_counter()
   for _ in range(steps):
-    state, metrics = step(state, batch)
-  jax.block_until_ready((state, metrics))
-  elapsed = time.perf_counter() - t0
-  loss = float(metrics["loss"])
+    run["state"], run["metrics"] = run["step"](run["state"], run["batch"])
+  jax.block_until_ready((run["state"], run["metrics"]))
+  elapsed = (time.perf_counter() - t0) / steps
+  loss = float(run["metrics"]["loss"])
   if not np.isfinite(loss):
     raise FloatingPointError(f"non-finite loss {loss}")
-  step_s = elapsed / steps
+  return elapsed
+
+
+def measure_ab(
+  cfg,
+  variants: list[str],
+  *,
+  batch_size: int,
+  seq_len: int,
+  steps: int,
+  warmup: int,
+  rounds: int,
+  dtype: str = "bfloat16",
+  trace_dir: str | None = None,
+) -> list[dict[str, Any]]:
+  """One row per variant: median step time over ``rounds`` interleaved rounds of ``steps`` steps, tokens/s,
+  achieved FLOP/s and the median per-round speed-up over ``baseline`` (when measured)."""
+  import jax
+
+  runs = {name: build(cfg, VARIANTS[name], batch_size=batch_size, seq_len=seq_len, dtype=dtype) for name in variants}
+  for run in runs.values():
+    if warmup:
+      time_steps(run, warmup)
+  times = {name: [] for name in variants}
+  for r in range(rounds):
+    for name in variants[r % len(variants) :] + variants[: r % len(variants)]:
+      times[name].append(time_steps(runs[name], steps))
+  if trace_dir:
+    with jax.profiler.trace(str(Path(trace_dir) / f"L{seq_len}_B{batch_size}")):
+      for name in variants:
+        with jax.profiler.TraceAnnotation(name):
+          time_steps(runs[name], 1)
   flops = train_step_flops(cfg, batch_size, [seq_len, seq_len])
-  return {
-    "seq_len": seq_len,
-    "batch_size": batch_size,
-    "tokens_per_step": 2 * batch_size * seq_len,
-    "steps": steps,
-    "step_ms": 1e3 * step_s,
-    "tokens_per_s": 2 * batch_size * seq_len / step_s,
-    "flops_per_step": flops,
-    "achieved_tflops": flops / step_s / 1e12,
-    "compile_and_first_step_s": first_s,
-    "prng_impl": str(jax.config.jax_default_prng_impl),
-    "loss": loss,
-  }
+  rows = []
+  for name in variants:
+    step_s = statistics.median(times[name])
+    speedups = [b / t for b, t in zip(times["baseline"], times[name])] if "baseline" in times else None
+    rows.append(
+      {
+        "variant": name,
+        "overrides": VARIANTS[name],
+        "seq_len": seq_len,
+        "batch_size": batch_size,
+        "tokens_per_step": 2 * batch_size * seq_len,
+        "steps": steps,
+        "rounds": rounds,
+        "step_ms": 1e3 * step_s,
+        "step_ms_per_round": [1e3 * t for t in times[name]],
+        "speedup_vs_baseline": statistics.median(speedups) if speedups else None,
+        "tokens_per_s": 2 * batch_size * seq_len / step_s,
+        "flops_per_step": flops,
+        "achieved_tflops": flops / step_s / 1e12,
+        "compile_and_first_step_s": runs[name]["compile_and_first_step_s"],
+        "loss": float(runs[name]["metrics"]["loss"]),
+      }
+    )
+  return rows
 
 
 def _ints(text: str) -> list[int]:
@@ -167,11 +191,10 @@ def main(argv=None):
   parser.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
   parser.add_argument("--dropout", type=float, default=0.1, help="hidden and attention dropout (BERT: 0.1)")
   parser.add_argument(
-    "--prng_impls",
-    default="",
-    help="comma-separated jax PRNG implementations to measure each row with (dropout masks), "
-    "e.g. threefry2x32,rbg; default: JAX's default",
+    "--variants", default=None, help=f"comma-separated, of {list(VARIANTS)}; default all (CPU: baseline)"
   )
+  parser.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds; default 5 (CPU: 1)")
+  parser.add_argument("--trace_dir", default=None, help="save a jax.profiler trace of one step per variant here")
   parser.add_argument(
     "--peak_tflops",
     type=float,
@@ -204,6 +227,11 @@ def run(args, on_row=None) -> dict[str, Any]:
     raise ValueError(f"--batch_sizes {batch_sizes} needs one entry per sequence length {seq_lens}")
   steps = args.steps or (2 if on_cpu else 20)
   warmup = args.warmup if args.warmup is not None else (1 if on_cpu else 3)
+  rounds = args.rounds or (1 if on_cpu else 5)
+  variants = [v for v in (args.variants or ("baseline" if on_cpu else ",".join(VARIANTS))).split(",") if v]
+  unknown = [v for v in variants if v not in VARIANTS]
+  if unknown:
+    raise ValueError(f"--variants: unknown {unknown}; choose from {list(VARIANTS)}")
   cfg = EncoderConfig(
     vocab_size=args.vocab,
     hidden_size=args.hidden,
@@ -216,21 +244,20 @@ def run(args, on_row=None) -> dict[str, Any]:
   )
   peak = args.peak_tflops or peak_tflops(device.device_kind)
   rows = []
-  for impl in [x for x in args.prng_impls.split(",") if x] or [None]:
-    for seq_len, batch_size in zip(seq_lens, batch_sizes):
-      row = measure(
-        cfg, batch_size=batch_size, seq_len=seq_len, steps=steps, warmup=warmup, dtype=args.dtype, prng_impl=impl
-      )
+  for seq_len, batch_size in zip(seq_lens, batch_sizes):
+    shape = dict(batch_size=batch_size, seq_len=seq_len, steps=steps, warmup=warmup, rounds=rounds)
+    for row in measure_ab(cfg, variants, **shape, dtype=args.dtype, trace_dir=args.trace_dir):
       row["mfu"] = row["achieved_tflops"] / peak if peak else None
       rows.append(row)
       mfu = "n/a" if row["mfu"] is None else f"{100 * row['mfu']:.1f}%"
+      speedup = "" if row["speedup_vs_baseline"] is None else f", x{row['speedup_vs_baseline']:.3f} vs baseline"
       print(
-        f"L={seq_len} B={batch_size} prng={row['prng_impl']}: {row['step_ms']:.1f} ms/step, "
+        f"L={seq_len} B={batch_size} {row['variant']}: {row['step_ms']:.1f} ms/step{speedup}, "
         f"{row['tokens_per_s']:.0f} tokens/s, {row['achieved_tflops']:.2f} TFLOP/s, MFU {mfu}",
         flush=True,
       )
-      if on_row:
-        on_row(_result(args, device, cfg, peak, rows))
+    if on_row:
+      on_row(_result(args, device, cfg, peak, rows))
   return _result(args, device, cfg, peak, rows)
 
 
@@ -256,6 +283,7 @@ def _result(args, device, cfg, peak, rows) -> dict[str, Any]:
     "peak_tflops": peak,
     "peak_source": ("--peak_tflops" if args.peak_tflops else "device kind table" if peak else "unknown: MFU n/a"),
     "target_mfu": TARGET_MFU,
+    "trace_dir": args.trace_dir,
     "rows": rows,
     "best_mfu": max((r["mfu"] for r in rows if r["mfu"] is not None), default=None),
   }
@@ -265,10 +293,12 @@ def write(result: dict[str, Any], name: str = "gpu_mfu") -> None:
   table = []
   for r in result["rows"]:
     mfu = "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}%"
+    speedup = "" if r["speedup_vs_baseline"] is None else f" (x{r['speedup_vs_baseline']:.3f} vs baseline)"
     table.append(
       (
-        f"L={r['seq_len']}, B={r['batch_size']} x 2 towers, PRNG {r['prng_impl']}",
-        f"{r['tokens_per_s']:,.0f} tokens/s; {r['step_ms']:.1f} ms/step; "
+        f"L={r['seq_len']}, B={r['batch_size']} x 2 sides, {r['variant']}",
+        f"{r['tokens_per_s']:,.0f} tokens/s; {r['step_ms']:.1f} ms/step{speedup}, median of {r['rounds']} "
+        f"rounds of {r['steps']}; "
         f"{r['achieved_tflops']:.2f} TFLOP/s; MFU {mfu}; compile + first step "
         f"{r['compile_and_first_step_s']:.1f} s",
       )

@@ -19,7 +19,7 @@ from postembed_jax.data import config as data_config_lib
 from postembed_jax.models import heads as heads_lib
 from postembed_jax.models import hf_io
 from postembed_jax.models.dtypes import dtype_of
-from postembed_jax.models.encoder import EncoderConfig, PostEncoder
+from postembed_jax.models.encoder import ENCODER_OPTIONS, EncoderConfig, PostEncoder
 from postembed_jax.train import sharding
 
 
@@ -59,7 +59,9 @@ def task_infos(config, label_names: dict[str, list[str]], task_names: list[str])
 
 
 def build_model(config, cfg: EncoderConfig, infos: dict[str, TaskInfo], seed: int) -> TrainModel:
-  """A randomly initialised TrainModel (pretrained weights are placed afterwards, see ``create_params``)."""
+  """A randomly initialised TrainModel (pretrained weights are placed afterwards, see ``create_params``), computed
+  as the config's ``ENCODER_OPTIONS`` say."""
+  cfg = dataclasses.replace(cfg, **{k: config[k] for k in ENCODER_OPTIONS if k in config})
   rngs = nnx.Rngs(seed)
   tower = PostEncoder(
     cfg,

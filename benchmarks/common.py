@@ -20,15 +20,16 @@ def debian_descriptions(n: int, split: str = "train", seed: int = 0) -> list[str
   return [texts[i] for i in order]
 
 
-def interleaved_timings(first, second, repeats: int) -> tuple[list[float], list[float]]:
-  """Runs first/second alternately so that machine load hits both alike; returns wall times in seconds."""
-  a, b = [], []
+def interleaved_timings(fns: dict, repeats: int) -> dict[str, list[float]]:
+  """Runs the named functions in turn, ``repeats`` rounds, so that machine load hits all alike; returns each one's
+  wall times in seconds."""
+  times = {name: [] for name in fns}
   for _ in range(repeats):
-    for fn, out in ((first, a), (second, b)):
+    for name, fn in fns.items():
       start = time.perf_counter()
       fn()
-      out.append(time.perf_counter() - start)
-  return a, b
+      times[name].append(time.perf_counter() - start)
+  return times
 
 
 def machine() -> dict:

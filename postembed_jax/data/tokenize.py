@@ -4,6 +4,9 @@ tokenise-once vocabulary of a training run.
 The rule: a group of token id lists is right-padded to the smallest bucket length that holds its longest list
 (the largest bucket if none does, truncating), so jit sees a few shapes and little compute goes to padding. A
 bucket list always ends at max_length.
+
+Packing (inference): several short lists share one row of a bucket length, each marked by its segment id (0 =
+padding, k >= 1 = the row's k-th list), so the model attends within a segment and little compute goes to padding.
 """
 
 from __future__ import annotations
@@ -40,6 +43,44 @@ def pad(
     ids[i, : len(t)] = t
     mask[i, : len(t)] = 1
   return ids, mask
+
+
+def pack_rows(lengths: Sequence[int], row_length: int, max_segments: int) -> list[list[int]]:
+  """Indices of ``lengths`` grouped into rows of at most ``row_length`` tokens and ``max_segments`` lists each, by
+  best-fit decreasing (longest first, each into the open row it fills most tightly): within 11/9 of the fewest
+  rows, like first-fit decreasing, in O(n log n). Lists longer than ``row_length`` get a row each (truncated by
+  ``pad_packed``)."""
+  rows: list[list[int]] = []
+  open_rows: list[tuple[int, int]] = []  # (free tokens, row index) of rows below max_segments, sorted
+  for i in sorted(range(len(lengths)), key=lambda i: -lengths[i]):
+    need = min(int(lengths[i]), row_length)
+    slot = bisect.bisect_left(open_rows, (need, -1))
+    if slot < len(open_rows):
+      free, r = open_rows.pop(slot)
+    else:
+      free, r = row_length, len(rows)
+      rows.append([])
+    rows[r].append(i)
+    if len(rows[r]) < max_segments:
+      bisect.insort(open_rows, (free - need, r))
+  return rows
+
+
+def pad_packed(
+  token_id_lists: Sequence[Sequence[int]], rows: Sequence[Sequence[int]], row_length: int, pad_id: int, num_rows: int
+) -> tuple[np.ndarray, np.ndarray]:
+  """ids and segment ids, int32 [num_rows, row_length]: row r holds ``token_id_lists[i]`` for i in ``rows[r]``
+  back to back, the k-th as segment k; extra rows are all padding."""
+  ids = np.full((num_rows, row_length), pad_id, np.int32)
+  segments = np.zeros((num_rows, row_length), np.int32)
+  for r, members in enumerate(rows):
+    start = 0
+    for k, i in enumerate(members, start=1):
+      t = token_id_lists[i][: row_length - start]
+      ids[r, start : start + len(t)] = t
+      segments[r, start : start + len(t)] = k
+      start += len(t)
+  return ids, segments
 
 
 class Vocab:

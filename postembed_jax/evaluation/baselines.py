@@ -19,6 +19,7 @@ from sklearn.preprocessing import normalize
 from sklearn.random_projection import GaussianRandomProjection
 
 from postembed_jax.models.pca import fit_pca
+from postembed_jax.serving import vectors
 
 
 class TfidfEmbedder:
@@ -93,7 +94,7 @@ class TruncatedEmbedder:
     self.dim = dim
 
   def embed(self, texts: Sequence[str]) -> np.ndarray:
-    return normalize(np.asarray(self.base.embed(texts))[:, : self.dim]).astype(np.float32)
+    return vectors.truncate(self.base.embed(texts), self.dim)
 
 
 DIM_NAME = re.compile(r"^dim(\d+):(.+)$")

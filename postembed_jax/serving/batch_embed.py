@@ -1,135 +1,90 @@
-"""The batch embedding job: posts file (JSONL or plain text) -> Parquet of (id, embedding), streamed and atomic.
+"""The batch embedding job, local runner: posts (serving/embed_io.py) -> Parquet (serving/vectors.py), streamed.
 
-The output path is checked before anything is embedded; the Parquet file is written to a hidden temporary file
-next to it and renamed into place once complete. That temporary file is removed when the job fails or gets
-SIGTERM (a SIGKILLed job's is removed by the next job writing the same output).
+``config.output`` ending in .parquet is one file, written to a hidden temporary file next to it and renamed into
+place once complete. Any other output is a directory of part files ``part-NNNNN-of-MMMMM.parquet``: part k holds
+the input's records k*P to (k+1)*P - 1 in input order (P = ``posts_per_part``, or the record count over
+``num_parts``), so a rerun maps the same posts to the same part. Each part is written to a temporary name and
+renamed, so a part file that exists is complete and a rerun skips it: a killed job resumes where it stopped. A
+``manifest.json`` written before the first part names the model, the vector format, the part layout and the input;
+a job whose settings differ is refused, naming the difference, instead of mixing two kinds of vectors.
+
+Temporary files are removed when the job fails or gets SIGTERM; a SIGKILLed job's by the next job on that output.
+Every check of the config, the input and the output comes before anything is embedded.
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
+import itertools
 import json
+import math
 import os
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from postembed_jax.models.dtypes import dtype_of
-from postembed_jax.models.embedder import Embedder
-from postembed_jax.serving.texts import EmptyTextError, check_text
+from postembed_jax.models.embedder import Embedder, data_mesh
+from postembed_jax.serving import embed_io, vectors
+from postembed_jax.serving.embed_io import Inputs, ReadStats
+
+MANIFEST = "manifest.json"
+DEFAULT_POSTS_PER_PART = 100_000
 
 
-class BadRecordError(ValueError):
-  """A malformed input line; the message names the file and line number."""
+def part_name(k: int, num_parts: int) -> str:
+  return f"part-{k:05d}-of-{num_parts:05d}.parquet"
 
 
-@dataclasses.dataclass
-class ReadStats:
-  read: int = 0
-  skipped: int = 0  # malformed lines skipped (skip_bad_lines)
-  empty: int = 0  # empty or whitespace-only texts skipped (skip_empty_texts)
-  truncated: int = 0  # texts cut at the embedder's max_length (counted by embed_file)
-
-  def report(self) -> str:
-    """The counts besides ``read``, for the job's last line ('' when there are none)."""
-    parts = [
-      f"skipped {self.skipped} bad lines" if self.skipped else "",
-      f"skipped {self.empty} empty texts" if self.empty else "",
-      f"truncated {self.truncated} texts at max_length" if self.truncated else "",
-    ]
-    return ", ".join(p for p in parts if p)
+def _as_inputs(inputs: Inputs | str | Path, fmt: str = "auto") -> Inputs:
+  return inputs if isinstance(inputs, Inputs) else embed_io.resolve_inputs(inputs, fmt=fmt)
 
 
-def _parse_line(raw: bytes, path: Path, line_no: int, fmt: str) -> tuple[object, str]:
+def _prepare_dir(path: Path) -> None:
   try:
-    line = raw.decode("utf-8")
-  except UnicodeDecodeError as e:
-    raise BadRecordError(f"{path}:{line_no}: invalid UTF-8 ({e.reason} at byte {e.start})") from None
-  line = line.rstrip("\r\n")
-  if fmt == "text":
-    return line_no, line
-  try:
-    record = json.loads(line)
-  except json.JSONDecodeError as e:
-    raise BadRecordError(f"{path}:{line_no}: bad JSON ({e.msg} at column {e.colno})") from None
-  if not isinstance(record, dict):
-    raise BadRecordError(f"{path}:{line_no}: expected a JSON object with 'id' and 'text'")
-  for field in ("id", "text"):
-    if field not in record:
-      raise BadRecordError(f"{path}:{line_no}: missing field {field!r}")
-  if not isinstance(record["text"], str):
-    raise BadRecordError(f"{path}:{line_no}: field 'text' must be a string, got {type(record['text']).__name__}")
-  if not isinstance(record["id"], (str, int)) or isinstance(record["id"], bool):
-    raise BadRecordError(f"{path}:{line_no}: field 'id' must be a string or integer")
-  return str(record["id"]), record["text"]
+    path.mkdir(parents=True, exist_ok=True)
+  except (FileExistsError, NotADirectoryError):
+    raise ValueError(f"config.output: {path} is not a directory (a file is in the way).") from None
+  if not os.access(path, os.W_OK):
+    raise ValueError(f"config.output: cannot write in {path}.")
 
 
-def read_posts(
-  path: str | Path,
-  *,
-  skip_bad_lines: bool = False,
-  skip_empty_texts: bool = False,
-  stats: ReadStats | None = None,
-  fmt: str = "auto",
-) -> Iterator[tuple[object, str]]:
-  """Yields (id, text). JSONL when the name ends in .jsonl/.json (or fmt="jsonl"); else one post per line, id =
-  line number (1-based). Blank JSONL lines are ignored. Raises BadRecordError on a malformed line unless
-  ``skip_bad_lines``, and on an empty text (serving/texts.py's rule, the service's) unless ``skip_empty_texts``."""
-  path = Path(path)
-  if fmt == "auto":
-    fmt = "jsonl" if path.suffix in (".jsonl", ".json") else "text"
-  if fmt not in ("jsonl", "text"):
-    raise ValueError(f"Unknown input format {fmt!r}; choose 'auto', 'jsonl' or 'text'.")
-  stats = stats if stats is not None else ReadStats()
-  with open(path, "rb") as f:
-    for line_no, raw in enumerate(f, start=1):
-      if fmt == "jsonl" and not raw.strip():
-        continue
-      try:
-        record = _parse_line(raw, path, line_no, fmt)
-      except BadRecordError:
-        if not skip_bad_lines:
-          raise
-        stats.skipped += 1
-        continue
-      try:
-        check_text(record[1])
-      except EmptyTextError as e:
-        if not skip_empty_texts:
-          raise BadRecordError(f"{path}:{line_no}: {e} (--config.skip_empty_texts=True skips such posts)") from None
-        stats.empty += 1
-        continue
-      stats.read += 1
-      yield record
-
-
-def check_output_path(output_path: str | Path, input_path: str | Path | None = None) -> Path:
-  """Fails at once, before anything is embedded, on an output that could not be written: a directory, a path
-  under a file, the input itself. Creates missing parent directories."""
+def check_output_path(output_path: str | Path, inputs: Inputs | None = None) -> Path:
+  """Fails at once, before anything is embedded, on an output file that could not be written: a directory, a path
+  under a file, an input file. Creates missing parent directories."""
   output_path = Path(output_path)
   if output_path.is_dir():
     raise ValueError(
       f"config.output: {output_path} is a directory; give a file name, e.g. {output_path / 'emb.parquet'}"
     )
-  if input_path is not None and output_path.exists() and output_path.samefile(input_path):
-    raise ValueError(f"config.output: {output_path} is the input file; give another name.")
-  try:
-    output_path.parent.mkdir(parents=True, exist_ok=True)
-  except (FileExistsError, NotADirectoryError):
-    raise ValueError(f"config.output: {output_path.parent} is not a directory (a file is in the way).") from None
-  if not os.access(output_path.parent, os.W_OK):
-    raise ValueError(f"config.output: cannot write in {output_path.parent}.")
+  if inputs is not None and output_path.exists() and any(output_path.samefile(p) for p in inputs.files):
+    raise ValueError(f"config.output: {output_path} is an input file; give another name.")
+  _prepare_dir(output_path.parent)
   return output_path
 
 
-def _remove_stale_temp_files(output_path: Path) -> None:
-  """Removes temporary files of earlier jobs on this output whose process is gone (SIGKILL skips all cleanup)."""
-  for tmp in output_path.parent.glob(f".{output_path.name}.tmp-*"):
+def check_output_dir(out_dir: str | Path, inputs: Inputs | None = None) -> Path:
+  """The same for a directory of part files: not a file, no input inside it (a rerun would read its own parts)."""
+  out_dir = Path(out_dir)
+  if out_dir.exists() and not out_dir.is_dir():
+    raise ValueError(
+      f"config.output: {out_dir} is a file; give a directory for part files, or a name ending in .parquet."
+    )
+  if inputs is not None:
+    inside = [p for p in inputs.files if out_dir.resolve() in p.resolve().parents]
+    if inside:
+      raise ValueError(f"config.output: {out_dir} holds the input file {inside[0]}; give another directory.")
+  _prepare_dir(out_dir)
+  return out_dir
+
+
+def _remove_stale_temp_files(directory: Path, name_glob: str) -> None:
+  """Removes temporary files of earlier jobs on these outputs whose process is gone (SIGKILL skips all cleanup)."""
+  for tmp in directory.glob(f".{name_glob}.tmp-*"):
     pid = tmp.name.rsplit("-", 1)[-1]
     if not pid.isdigit() or int(pid) == os.getpid():
       continue
@@ -159,9 +114,34 @@ def _sigterm_raises():
     signal.signal(signal.SIGTERM, previous)
 
 
+@contextlib.contextmanager
+def _atomic_parquet(path: Path, schema: pa.Schema):
+  """A ParquetWriter on a hidden temporary sibling of ``path``, renamed to ``path`` when the body completes."""
+  tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  try:
+    with pq.ParquetWriter(tmp_path, schema) as writer:
+      yield writer
+    os.replace(tmp_path, path)
+  finally:
+    tmp_path.unlink(missing_ok=True)
+
+
+def _write_records(writer, embedder: Embedder, records: Iterable, schema: pa.Schema, stats: ReadStats, **stream):
+  def count_truncated(n: int) -> None:
+    stats.truncated += n
+
+  for ids, batch in embedder.embed_stream(records, on_truncated=count_truncated, **stream):
+    writer.write_table(vectors.to_table(ids, batch, schema))
+
+
+def _schema(embedder: Embedder, precision: str, width: int | None) -> pa.Schema:
+  width = vectors.check_width(width, embedder.dim, embedder.name)
+  return vectors.output_schema(embedder.name, embedder.dim, embedder.max_length, precision, width)
+
+
 def embed_file(
   embedder: Embedder,
-  input_path: str | Path,
+  inputs: Inputs | str | Path,
   output_path: str | Path,
   *,
   skip_bad_lines: bool = False,
@@ -169,61 +149,190 @@ def embed_file(
   chunk_size: int = 4096,
   progress: bool = True,
   fmt: str = "auto",
+  precision: str = vectors.DEFAULT_PRECISION,
+  width: int | None = None,
 ) -> ReadStats:
-  """Embeds every post; the Parquet file appears under ``output_path`` only once complete."""
-  output_path = check_output_path(output_path, input_path)
-  _remove_stale_temp_files(output_path)
-  tmp_path = output_path.with_name(f".{output_path.name}.tmp-{os.getpid()}")
-  schema = pa.schema(
-    [("id", pa.string()), ("embedding", pa.list_(pa.float32(), embedder.dim))],
-    metadata={"model": embedder.name, "dim": str(embedder.dim), "max_length": str(embedder.max_length)},
-  )
+  """Embeds every post into one Parquet file, which appears under ``output_path`` only once complete."""
+  inputs = _as_inputs(inputs, fmt)
+  schema = _schema(embedder, precision, width)
+  output_path = check_output_path(output_path, inputs)
+  _remove_stale_temp_files(output_path.parent, output_path.name)
   stats = ReadStats()
-  records = read_posts(
-    input_path, skip_bad_lines=skip_bad_lines, skip_empty_texts=skip_empty_texts, stats=stats, fmt=fmt
-  )
-
-  def count_truncated(n: int) -> None:
-    stats.truncated += n
-
-  with _sigterm_raises():
-    try:
-      with pq.ParquetWriter(tmp_path, schema) as writer:
-        stream = embedder.embed_stream(records, chunk_size=chunk_size, progress=progress, on_truncated=count_truncated)
-        for ids, vectors in stream:
-          embedding = pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), embedder.dim)
-          table = pa.table({"id": pa.array([str(i) for i in ids]), "embedding": embedding}, schema=schema)
-          writer.write_table(table)
-      os.replace(tmp_path, output_path)
-    finally:
-      tmp_path.unlink(missing_ok=True)
+  records = embed_io.read_posts(inputs, skip_bad_lines=skip_bad_lines, skip_empty_texts=skip_empty_texts, stats=stats)
+  with _sigterm_raises(), _atomic_parquet(output_path, schema) as writer:
+    _write_records(writer, embedder, records, schema, stats, chunk_size=chunk_size, progress=progress)
   return stats
 
 
+def _first_difference(old: dict, new: dict) -> str | None:
+  for key, value in new.items():
+    if old.get(key) == value:
+      continue
+    if key != "input":
+      return f"{key} was {old.get(key)!r}, now {value!r}"
+    before = old.get(key) or []
+    for i, (a, b) in enumerate(zip(before, value)):
+      if a != b:
+        return f"input file {i + 1} was {a['path']} ({a['bytes']} bytes), now {b['path']} ({b['bytes']} bytes)"
+    return f"input had {len(before)} files, now {len(value)}"
+  return None
+
+
+def _check_manifest(out_dir: Path, job: dict) -> dict | None:
+  """The manifest already in ``out_dir`` (None when new); refuses one of another job, naming the difference."""
+  path = out_dir / MANIFEST
+  if not path.exists():
+    if next(out_dir.glob("part-*.parquet"), None) is not None:
+      raise ValueError(f"config.output: {out_dir} holds part files but no {MANIFEST}; give another directory.")
+    return None
+  try:
+    old = json.loads(path.read_text())
+  except (json.JSONDecodeError, UnicodeDecodeError):
+    raise ValueError(f"config.output: {path} is not a manifest of this job; give another directory.") from None
+  difference = _first_difference(old, job)
+  if difference:
+    raise ValueError(
+      f"config.output: {out_dir} holds parts of another job ({difference}); give another directory or delete it."
+    )
+  return old
+
+
+def _part_layout(records: int, num_parts: int | None, posts_per_part: int | None) -> tuple[int, int]:
+  """(num_parts, posts_per_part) for ``records`` records: ``num_parts`` when given, else ``posts_per_part``."""
+  for field, value in (("num_parts", num_parts), ("posts_per_part", posts_per_part)):
+    if value is not None and value < 1:
+      raise ValueError(f"config.{field}={value} must be at least 1.")
+  if num_parts:
+    return num_parts, max(1, math.ceil(records / num_parts))
+  per_part = posts_per_part or DEFAULT_POSTS_PER_PART
+  return max(1, math.ceil(records / per_part)), per_part
+
+
+def embed_parts(
+  embedder: Embedder,
+  inputs: Inputs | str | Path,
+  out_dir: str | Path,
+  *,
+  num_parts: int | None = None,
+  posts_per_part: int | None = None,
+  skip_bad_lines: bool = False,
+  skip_empty_texts: bool = False,
+  chunk_size: int = 4096,
+  progress: bool = True,
+  precision: str = vectors.DEFAULT_PRECISION,
+  width: int | None = None,
+  dtype: str = "float32",
+) -> ReadStats:
+  """Embeds every post into the part files of ``out_dir`` (module docstring); ``stats.parts_done`` counts the
+  parts an earlier run had finished. ``dtype`` (the compute dtype) is recorded in the manifest."""
+  inputs = _as_inputs(inputs)
+  _part_layout(0, num_parts, posts_per_part)  # a bad part setting fails before the input is counted
+  schema = _schema(embedder, precision, width)
+  out_dir = check_output_dir(out_dir, inputs)
+  meta = {k.decode(): v.decode() for k, v in schema.metadata.items()}
+  job = {
+    "model": embedder.name,
+    "dim": embedder.dim,
+    "max_length": embedder.max_length,
+    "precision": precision,
+    "width": int(meta.get("width", embedder.dim)),
+    "dtype": dtype,
+    "id_field": inputs.id_field,
+    "text_field": inputs.text_field,
+    "input": inputs.describe(),
+  }
+  old = _check_manifest(out_dir, job)
+  records = old["records"] if old else embed_io.count_records(inputs)
+  total, per_part = _part_layout(records, num_parts, posts_per_part)
+  job.update(records=records, num_parts=total, posts_per_part=per_part)
+  if old:
+    _check_manifest(out_dir, job)
+  else:
+    tmp = out_dir / f".{MANIFEST}.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(job, indent=2))
+    os.replace(tmp, out_dir / MANIFEST)
+  _remove_stale_temp_files(out_dir, "part-*")
+  names = [part_name(k, total) for k in range(total)]
+  done = {k for k, name in enumerate(names) if (out_dir / name).exists()}
+  stats = ReadStats(parts_done=len(done))
+  stream = embed_io.read_indexed(
+    inputs,
+    skip_bad_lines=skip_bad_lines,
+    skip_empty_texts=skip_empty_texts,
+    stats=stats,
+    wanted=lambda i: i // per_part not in done,
+  )
+  groups = itertools.groupby(stream, key=lambda r: r[0] // per_part)
+  pending = next(groups, None)
+  with _sigterm_raises():
+    for k, name in enumerate(names):
+      if k in done:
+        continue
+      # A part whose records were all skipped (bad or empty) is written empty, so the set of parts is complete.
+      records_k = (r for _, r in pending[1]) if pending is not None and pending[0] == k else iter(())
+      with _atomic_parquet(out_dir / name, schema) as writer:
+        _write_records(writer, embedder, records_k, schema, stats, chunk_size=chunk_size, progress=progress)
+      if pending is not None and pending[0] == k:
+        pending = next(groups, None)
+  return stats
+
+
+def load_embedder(config) -> Embedder:
+  """The embedder ``config`` names: loaded here by the local job and by every Beam worker (serving/beam.py)."""
+  mesh = data_mesh(config.mesh_data)  # a bad device count fails before the model loads
+  return Embedder.from_pretrained(
+    config.model,
+    max_length=config.max_length,
+    batch_size=config.batch_size,
+    dtype=dtype_of(config.dtype),
+    mesh=mesh,
+    pack=config.pack,
+  )
+
+
 def run_embed_job(config) -> ReadStats:
-  """Entry point shared by launch/embed.py and notebooks: validates the config, embeds, reports."""
+  """The local job (serving/embed_job.py's ``run``, which launch/embed.py calls, picks it for runner=local):
+  validates the config, embeds, reports."""
+  if config.runner != "local":
+    raise ValueError(f"config.runner={config.runner!r}: Beam runners start from serving/embed_job.py's run().")
   for field in ("input", "output"):
     if not config.get(field):
       raise ValueError(f"config.{field} is required (e.g. --config.{field}=...).")
-  if not Path(config.input).is_file():
-    raise FileNotFoundError(f"config.input: {config.input} does not exist or is not a file.")
-  check_output_path(config.output, config.input)  # before the model loads and anything is embedded
-  dtype = dtype_of(config.dtype)
-  embedder = Embedder.from_pretrained(
-    config.model, max_length=config.max_length, batch_size=config.batch_size, dtype=dtype
+  precision = vectors.check_precision(config.precision)
+  inputs = embed_io.resolve_inputs(
+    config.input, fmt=config.input_format, id_field=config.id_field, text_field=config.text_field
   )
-  stats = embed_file(
-    embedder,
-    config.input,
-    config.output,
+  to_parts = not str(config.output).endswith(".parquet")
+  # Before the model loads and anything is embedded:
+  if to_parts:
+    _part_layout(0, config.num_parts, config.posts_per_part)
+    check_output_dir(config.output, inputs)
+  else:
+    check_output_path(config.output, inputs)
+  embedder = load_embedder(config)
+  common = dict(
     skip_bad_lines=config.skip_bad_lines,
     skip_empty_texts=config.skip_empty_texts,
     chunk_size=config.chunk_size,
-    fmt=config.input_format,
+    precision=precision,
+    width=config.dim,
   )
+  if to_parts:
+    stats = embed_parts(
+      embedder,
+      inputs,
+      config.output,
+      num_parts=config.num_parts,
+      posts_per_part=config.posts_per_part,
+      dtype=config.dtype,
+      **common,
+    )
+  else:
+    stats = embed_file(embedder, inputs, config.output, **common)
   counts = stats.report()
   counts = f"; {counts}" if counts else ""
-  print(f"Wrote {stats.read} embeddings of dim {embedder.dim} to {config.output}{counts}.")
+  width = config.dim or embedder.dim
+  print(f"Wrote {stats.read} embeddings of dim {width} ({precision}) to {config.output}{counts}.")
   if stats.truncated:
     print(
       f"{stats.truncated} of {stats.read} texts were longer than max_length={embedder.max_length} tokens and were "

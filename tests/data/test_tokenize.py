@@ -39,3 +39,19 @@ def test_vocab_tokenises_lazily_and_pads_like_the_tokenizer(tokenizer):
   assert vocab.pad(np.array([0]), buckets)[0].shape == (1, 8)
   by_bytes = tokenize.Vocab(tokenizer, texts, max_length=12, length_key="bytes")
   assert by_bytes.sort_lengths(np.array([0, 1])).tolist() == [2 + 11 // 4, 12] and by_bytes.num_tokenised == 0
+
+
+def test_pack_rows_fills_rows_tightly_within_their_limits():
+  lengths = [9, 3, 7, 5, 2, 8, 1, 6]  # 41 tokens: the fewest rows of 10 is 5
+  rows = tokenize.pack_rows(lengths, row_length=10, max_segments=3)
+  assert sorted(i for row in rows for i in row) == list(range(len(lengths)))
+  assert len(rows) == 5
+  assert all(sum(lengths[i] for i in row) <= 10 and len(row) <= 3 for row in rows)
+  assert [len(row) for row in tokenize.pack_rows([1] * 7, row_length=10, max_segments=2)] == [2, 2, 2, 1]
+
+
+def test_pad_packed_writes_segments_back_to_back():
+  ids, segments = tokenize.pad_packed([[5, 6, 7], [8], [9, 9]], [[0, 1], [2]], row_length=5, pad_id=0, num_rows=3)
+  np.testing.assert_array_equal(ids, [[5, 6, 7, 8, 0], [9, 9, 0, 0, 0], [0] * 5])
+  np.testing.assert_array_equal(segments, [[1, 1, 1, 2, 0], [1, 1, 0, 0, 0], [0] * 5])
+  assert ids.dtype == segments.dtype == np.int32

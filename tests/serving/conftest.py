@@ -33,3 +33,22 @@ def store(tmp_path, request):
   s.bind_model("m", request.module.DIM)
   yield s
   s.close()
+
+
+@pytest.fixture(scope="session")
+def matryoshka_export(tiny_model_dir, tmp_path_factory):
+  """A real export of the tiny model (hf_io.export_model, as training's export writes it) at widths 8, 16, 32."""
+  from postembed_jax.models import hf_io
+
+  model, tokenizer, settings = hf_io.load_pretrained(tiny_model_dir)
+  out = tmp_path_factory.mktemp("matryoshka") / "export"
+  return str(hf_io.export_model(model, tokenizer, settings, out, metadata={"matryoshka_widths": [8, 16, 32]}))
+
+
+@pytest.fixture
+def nats_server(tmp_path):
+  """A real nats-server with JetStream (fsync before every ack) on a free loopback port, its files in tmp_path."""
+  from postembed_jax.serving.nats_server import NatsServer
+
+  with NatsServer(tmp_path / "nats") as server:
+    yield server

@@ -10,6 +10,13 @@ against exact search, with queries the service never saw.
 
   python -m benchmarks.nearline_latency                       # ~10 min on 2 cores; writes benchmarks/results/
   python -m benchmarks.nearline_latency --model <export dir> --rate 20 --duration 60 --sweep 20,30,40,50,60
+  python -m benchmarks.nearline_latency --broker 1,2,4        # through NATS JetStream with 1, 2, 4 worker processes
+
+With ``--broker`` the service runs as in production broker mode: a local nats-server (fsync before every ack), the
+API publishing (``--config.queue=nats``) and N ``launch/embed_worker.py`` processes; for each N the rate sweep
+runs on a fresh broker and database, and the results join the JSON and Markdown beside the single-process ones.
+There a post's latency is the worker's ``embedded_at`` minus the send time; the API's index follows the store
+within ``broker.follow_interval_ms`` (10 ms), which GET /posts/{id} waits for before it answers "embedded".
 """
 
 import argparse
@@ -30,6 +37,8 @@ import numpy as np
 
 from benchmarks import common
 from postembed_jax import config_overrides
+from postembed_jax.serving.broker_worker import READY_LINE
+from postembed_jax.serving.nats_server import NatsServer
 
 REPO = Path(__file__).resolve().parents[1]
 TARGET_P99_S = 1.0
@@ -125,8 +134,11 @@ async def run_phase(
       acks[posts] = time.time()
 
     async def sample_depth(stop):
+      # Accepted and not yet embedded: the store's queue, or in broker mode the stream's backlog.
+      embedded_before = (await client.get("/health")).json()["with_embedding"]
       while not stop.is_set():
-        depths.append((await client.get("/metrics")).json()["queue_depth"])
+        embedded = (await client.get("/health")).json()["with_embedding"] - embedded_before
+        depths.append(int(np.sum(codes == 202)) - embedded)
         await asyncio.sleep(0.5)
 
     stop = asyncio.Event()
@@ -154,9 +166,10 @@ async def run_phase(
   )
 
 
-def wait_drained(client: httpx.Client, timeout_s: float = 600) -> float:
+def wait_drained(client: httpx.Client, embedded: int, timeout_s: float = 600) -> float:
+  """Seconds until the service holds ``embedded`` embeddings (every post of these runs is new)."""
   start = time.monotonic()
-  while client.get("/metrics").json()["queue_depth"] and time.monotonic() - start < timeout_s:
+  while client.get("/health").json()["with_embedding"] < embedded and time.monotonic() - start < timeout_s:
     time.sleep(0.1)
   return time.monotonic() - start
 
@@ -213,6 +226,116 @@ def index_recall(workdir: Path, model: str, max_length, queries: list[str], k: i
   return dict(indexed=len(loaded), queries=len(queries), k=k, recall=round(float(recall), 4))
 
 
+class Phases:
+  """Runs phases against one service, each with posts it has not seen; waits after each until all are embedded."""
+
+  def __init__(self, url: str, texts: list[str]):
+    self.url, self.texts, self.used, self.accepted = url, texts, 0, 0
+    self.client = httpx.Client(base_url=url, timeout=60)
+
+  def __call__(self, rate: float, duration: float, per_request: int = 1) -> dict:
+    n = int(rate * duration)
+    if self.used + n > len(self.texts):
+      raise SystemExit(f"Only {len(self.texts)} distinct posts; lower the rates or durations.")
+    posts = self.texts[self.used : self.used + n]
+    result = asyncio.run(run_phase(self.url, posts, self.used, rate, duration, per_request))
+    self.used += n
+    self.accepted += int(np.sum(result["codes"] == 202))
+    drain_s = wait_drained(self.client, self.accepted)
+    summary = summarize(self.client, result, rate)
+    summary["drain_after_phase_s"] = round(drain_s, 2)
+    print(json.dumps(summary), flush=True)
+    return summary
+
+  def sweep(self, rates: list[float], duration: float, *, always: int = 0) -> tuple[list[dict], float | None]:
+    """Phases at rising rates until one is not sustained (a 429, an error, or p99 over the target), the first
+    ``always`` of them in any case; returns them and the highest rate sustained together with every lower one."""
+    phases, best, held = [], None, True
+    for i, rate in enumerate(rates):
+      p = self(rate, duration)
+      phases.append(p)
+      held = held and not (p["rejected_429"] or p["errors"] or p["searchable_s"]["p99"] > TARGET_P99_S)
+      if held:
+        best = rate
+      elif i + 1 >= always:
+        break
+    return phases, best
+
+
+def start_workers(workdir: Path, flags: list[str], n: int, timeout_s: float = 900) -> list[subprocess.Popen]:
+  """``n`` launch/embed_worker.py processes, returned once each has subscribed."""
+  logs = [workdir / f"worker{i}.log" for i in range(n)]
+  procs = [
+    subprocess.Popen(
+      [sys.executable, "launch/embed_worker.py", "--config", "configs/serve.py", *worker_flags(workdir, flags)],
+      cwd=REPO,
+      stdout=open(log, "w"),
+      stderr=subprocess.STDOUT,
+    )
+    for log in logs
+  ]
+  deadline = time.monotonic() + timeout_s
+  for proc, log in zip(procs, logs):
+    while READY_LINE not in log.read_text():
+      if proc.poll() is not None or time.monotonic() > deadline:
+        stop_all(procs)
+        raise RuntimeError(f"embed worker did not start; see {log}:\n{log.read_text()[-2000:]}")
+      time.sleep(0.2)
+  return procs
+
+
+def worker_flags(workdir: Path, flags: list[str]) -> list[str]:
+  return [f"--config.db_path={workdir / 'posts.sqlite3'}", f"--config.index_path={workdir / 'posts.usearch'}", *flags]
+
+
+def stop_all(procs: list[subprocess.Popen]) -> None:
+  for proc in procs:
+    if proc.poll() is None:
+      proc.terminate()
+  for proc in procs:
+    try:
+      proc.wait(120)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+
+
+def run_broker(args, texts: list[str], flags: list[str], write) -> dict:
+  """The sweep through a real broker, once per worker count, each on a fresh broker and database; ``write`` gets
+  the report after each worker count."""
+  report = dict(
+    command=" ".join(["python -m benchmarks.nearline_latency"] + sys.argv[1:]),
+    date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    machine_before=machine(),
+    sweep_duration_s=args.sweep_duration,
+    runs=[],
+  )
+  rates = [float(r) for r in args.broker_sweep.split(",")]
+  for n in [int(w) for w in args.broker.split(",")]:
+    with tempfile.TemporaryDirectory(prefix="nearline_broker_bench_") as tmp:
+      workdir = Path(tmp)
+      with NatsServer(workdir / "nats") as nats:
+        broker_flags = [*flags, "--config.queue=nats", f"--config.broker.url={nats.url}"]
+        start = time.monotonic()
+        service = Service(workdir, broker_flags)
+        workers = []
+        try:
+          workers = start_workers(workdir, broker_flags, n)
+          startup_s = time.monotonic() - start
+          phases = Phases(service.url, texts)
+          phases(rates[0], 3.0)  # warms the HTTP path and connection pool; not reported
+          sweep, best = phases.sweep(rates, args.sweep_duration, always=args.broker_always)
+          stats = phases.client.get("/stats").json()
+          phases.client.close()
+        finally:
+          stop_all(workers)
+          service.stop()
+      run = dict(workers=n, startup_s=round(startup_s, 1), sweep=sweep, max_sustainable_rate=best, api_stats=stats)
+      report["runs"].append(run)
+      report["machine_after"] = machine()
+      write(report)
+  return report
+
+
 def machine() -> dict:
   """common.machine() plus the load average: other jobs on a shared machine move these figures."""
   return dict(common.machine(), load_average_1_5_15=[round(x, 2) for x in os.getloadavg()])
@@ -230,6 +353,9 @@ def overload_line(p: dict, max_queue: int) -> str:
 
 
 def markdown(report: dict) -> str:
+  broker = broker_markdown(report["broker"]) if "broker" in report else []
+  if "steady" not in report:
+    return "\n".join(["# Near-line latency benchmark", "", *broker])
   s = report["steady"]
   lines = [
     "# Near-line latency benchmark",
@@ -273,8 +399,37 @@ def markdown(report: dict) -> str:
     f"HNSW recall@{r['k']} against exact search over the {r['indexed']} indexed posts (saved index reloaded, "
     f"{r['queries']} unseen descriptions as queries): **{r['recall']}**.",
     "",
+    *broker,
   ]
   return "\n".join(lines)
+
+
+def broker_markdown(b: dict) -> list[str]:
+  lines = [
+    "## Through the broker (NATS JetStream, `--config.queue=nats`)",
+    "",
+    f"Command: `{b['command']}`  ",
+    f"Date: {b['date']}  ",
+    f"Machine: {b['machine_before']['processor']}, {b['machine_before']['cpus']} cores; load average before "
+    f"{b['machine_before']['load_average_1_5_15']}, after {b['machine_after']['load_average_1_5_15']}  ",
+    f"Model `{b['model']}`; a local nats-server (`sync_interval: always`), the API, and N embed worker processes, "
+    f"all on this machine with the client; {b['sweep_duration_s']:.0f} s per rate.",
+    "",
+    "| workers | offered posts/s | achieved | accepted | errors | max backlog | p50 s | p99 s | ack p50 | ack p99 |",
+    "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+  ]
+  for run in b["runs"]:
+    for p in run["sweep"]:
+      lines.append(
+        f"| {run['workers']} | {p['rate']} | {p['achieved_rate']} | {p['accepted']} | {p['errors']} | "
+        f"{p['max_queue_depth']} | {p['searchable_s']['p50']} | {p['searchable_s']['p99']} | "
+        f"{p['ack_s']['p50']} | {p['ack_s']['p99']} |"
+      )
+  lines += ["", f"Highest rate held with p99 <= {TARGET_P99_S} s, by worker count: "]
+  lowest = b["runs"][0]["sweep"][0]["rate"]
+  held = lambda rate: f"{rate} posts/s" if rate else f"none of the rates tried (from {lowest})"
+  lines[-1] += ", ".join(f"{r['workers']}: **{held(r['max_sustainable_rate'])}**" for r in b["runs"]) + "."
+  return lines + [""]
 
 
 def main():
@@ -309,6 +464,13 @@ def main():
   parser.add_argument("--split", default="train")
   parser.add_argument("--recall_queries", type=int, default=300)
   parser.add_argument("--service_flag", action="append", default=[], help="extra --config.* flag for the service")
+  parser.add_argument(
+    "--broker",
+    default="",
+    help="worker counts, e.g. 1,2,4: run the sweep through NATS JetStream with that many worker processes instead",
+  )
+  parser.add_argument("--broker_sweep", default="20,50,70,100,140", help="rates of the broker-mode sweep")
+  parser.add_argument("--broker_always", type=int, default=2, help="broker-mode rates measured even when not held")
   parser.add_argument("--out", default=str(common.RESULTS / "nearline_latency"))
   args = parser.parse_args()
   signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # still stop the service (finally) when terminated
@@ -322,6 +484,12 @@ def main():
     "--config.compilation_cache_dir=workdirs/jax_cache",
     *args.service_flag,
   ]
+  out_json = Path(args.out + ".json")
+  previous = json.loads(out_json.read_text()) if out_json.exists() else {}
+  if args.broker:  # the single-process results stay; the broker section is replaced
+    section = lambda broker: dict(broker, model=args.model, service_flags=flags)
+    run_broker(args, texts, flags, lambda broker: write_report(args.out, dict(previous, broker=section(broker))))
+    return
   report = dict(
     command=" ".join(["python -m benchmarks.nearline_latency"] + sys.argv[1:]),
     date=time.strftime("%Y-%m-%d %H:%M:%S %Z"),
@@ -337,42 +505,29 @@ def main():
     service = Service(workdir, flags)
     report["service_startup_s"] = round(service.startup_s, 1)
     try:
-      client = httpx.Client(base_url=service.url, timeout=60)
-      used = 0
-
-      def phase(rate, duration, per_request=1):
-        nonlocal used
-        n = int(rate * duration)
-        if used + n > len(texts):
-          raise SystemExit(f"Only {len(texts)} distinct posts; lower the rates or durations.")
-        result = asyncio.run(run_phase(service.url, texts[used : used + n], used, rate, duration, per_request))
-        used += n
-        drain_s = wait_drained(client)
-        summary = summarize(client, result, rate)
-        summary["drain_after_phase_s"] = round(drain_s, 2)
-        print(json.dumps(summary), flush=True)
-        return summary
-
+      phase = Phases(service.url, texts)
       phase(args.rate, 3.0)  # warms the HTTP path and connection pool; not reported
       report["steady"] = phase(args.rate, args.duration)
-      report["sweep"], report["max_sustainable_rate"] = [], None
-      for rate in [float(r) for r in args.sweep.split(",")]:
-        p = phase(rate, args.sweep_duration)
-        report["sweep"].append(p)
-        if p["rejected_429"] or p["errors"] or p["searchable_s"]["p99"] > TARGET_P99_S:
-          break
-        report["max_sustainable_rate"] = rate
+      report["sweep"], report["max_sustainable_rate"] = phase.sweep(
+        [float(r) for r in args.sweep.split(",")], args.sweep_duration
+      )
       overload = args.overload * (report["max_sustainable_rate"] or args.rate)
       report["overload"] = phase(overload, args.sweep_duration, per_request=args.overload_batch)
-      report["server_metrics"] = client.get("/metrics").json()
-      client.close()
+      report["server_metrics"] = phase.client.get("/stats").json()
+      phase.client.close()
     finally:
       service.stop()
     report["index_recall"] = index_recall(workdir, args.model, None, queries)
   report["machine_after"] = machine()
-  Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-  Path(args.out + ".json").write_text(json.dumps(report, indent=1) + "\n")
-  Path(args.out + ".md").write_text(markdown(report))
+  if "broker" in previous:
+    report["broker"] = previous["broker"]
+  write_report(args.out, report)
+
+
+def write_report(out: str, report: dict) -> None:
+  Path(out).parent.mkdir(parents=True, exist_ok=True)
+  Path(out + ".json").write_text(json.dumps(report, indent=1) + "\n")
+  Path(out + ".md").write_text(markdown(report))
   print(markdown(report))
 
 

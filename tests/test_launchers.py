@@ -129,6 +129,7 @@ USER_ERRORS = {
   "ablate.py": ("--config.regimes=bogus", "--config.workdir={tmp}/ablation"),
   "build_data.py": ("--config.index_dir={tmp}/bogus", "--config.data_dir={tmp}/tfds"),
   "embed.py": ("--config.input={tmp}/bogus.jsonl", "--config.output={tmp}/out.parquet"),
+  "embed_worker.py": ("--config.queue=bogus", "--config.db_path={tmp}/posts.sqlite3"),
   "evaluate.py": ("--config.model={tmp}/bogus", "--config.output_dir={tmp}/out"),
   "evaluate_members.py": ("--config.model={tmp}/bogus",),
   "serve.py": ("--config.model={tmp}/bogus", "--config.db_path={tmp}/posts.sqlite3"),

@@ -3,9 +3,22 @@
 SQLite in WAL mode. A submission is committed (with synchronous=FULL, on disk) before the API acknowledges it, so
 a crash loses nothing acknowledged, and the queue needs no table of its own: it is the posts whose current
 version is not embedded yet, in submission order. Each post has a stable integer ``key`` (the nearest-neighbour
-index's key) and each stored embedding an increasing ``embed_seq``, so an index saved up to some embed_seq is
-brought up to date by replaying only the embeddings written after it. One process owns a database (a lock file
-enforces it), which keeps the counters in memory simple and exact.
+index's key) and each change to the index's contents (an embedding stored, a post deleted) an increasing
+``embed_seq``, so an index saved up to some embed_seq is brought up to date by replaying only the changes after it.
+One process owns a database (a lock file enforces it), except with a broker (``shared=True``): then the API and
+any number of embed workers open it together, each write is one short transaction, and the embedded versions come
+from the broker's log (``save_versions``), so there is no queue in the database.
+
+Nothing on the hot path scans the table: triggers keep the counts (posts, with an embedding, queued) in a one-row
+``counts`` table in the same transaction as the change, together with the last ``seq`` and ``embed_seq``, so
+``counts()`` and opening the store are constant-time at any size.
+
+Deleting a post removes its row and leaves a tombstone: its key (so an index saved before the delete drops it on
+replay), the ``embed_seq`` of the deletion and the log position ``seq`` of the deletion. A submission is a
+replay, and ignored (status ``"deleted"``), when it carries a log position (``Post.log_seq``, e.g. a broker's
+stream sequence) at or before its id's latest tombstone; a submission without one is new by definition (it gets
+the store's next ``seq``), so it brings the post back. Store sequence numbers and a broker's are not comparable:
+a database takes its log positions from one of them.
 """
 
 from __future__ import annotations
@@ -39,6 +52,43 @@ CREATE TABLE IF NOT EXISTS posts (
 CREATE INDEX IF NOT EXISTS queue ON posts(seq) WHERE pending = 1;
 CREATE INDEX IF NOT EXISTS by_embed_seq ON posts(embed_seq) WHERE embed_seq IS NOT NULL;
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS tombstones (
+  key INTEGER PRIMARY KEY,
+  id TEXT NOT NULL,
+  seq INTEGER NOT NULL,
+  embed_seq INTEGER NOT NULL,
+  deleted_at REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS tombstones_by_id ON tombstones(id, seq);
+CREATE INDEX IF NOT EXISTS tombstones_by_embed_seq ON tombstones(embed_seq);
+CREATE TABLE IF NOT EXISTS counts (
+  one INTEGER PRIMARY KEY CHECK (one = 1),
+  posts INTEGER NOT NULL,
+  with_embedding INTEGER NOT NULL,
+  queued INTEGER NOT NULL,
+  seq INTEGER NOT NULL,
+  embed_seq INTEGER NOT NULL
+);
+CREATE TRIGGER IF NOT EXISTS count_insert AFTER INSERT ON posts BEGIN
+  UPDATE counts SET posts = posts + 1, queued = queued + NEW.pending,
+    with_embedding = with_embedding + (NEW.embedding IS NOT NULL);
+END;
+CREATE TRIGGER IF NOT EXISTS count_delete AFTER DELETE ON posts BEGIN
+  UPDATE counts SET posts = posts - 1, queued = queued - OLD.pending,
+    with_embedding = with_embedding - (OLD.embedding IS NOT NULL);
+END;
+CREATE TRIGGER IF NOT EXISTS count_update AFTER UPDATE OF pending, embedding ON posts BEGIN
+  UPDATE counts SET queued = queued + NEW.pending - OLD.pending,
+    with_embedding = with_embedding + (NEW.embedding IS NOT NULL) - (OLD.embedding IS NOT NULL);
+END;
+"""
+# Once, for a database written before the counts table existed: the only full scan the store ever makes.
+_COUNT_EVERYTHING = """
+INSERT INTO counts (one, posts, with_embedding, queued, seq, embed_seq)
+SELECT 1, COUNT(*), COUNT(embedding), COALESCE(SUM(pending), 0),
+  MAX(COALESCE(MAX(seq), 0), (SELECT COALESCE(MAX(seq), 0) FROM tombstones)),
+  MAX(COALESCE(MAX(embed_seq), 0), (SELECT COALESCE(MAX(embed_seq), 0) FROM tombstones))
+FROM posts
 """
 
 
@@ -49,6 +99,7 @@ class Post:
   id: str
   text: str
   timestamp: float | None = None
+  log_seq: int | None = None  # position in an external log (a broker's stream): a replay after a delete is ignored
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,12 +122,15 @@ class QueueFull(Exception):
 class PostStore:
   """Thread-safe access to one SQLite database (one connection behind a lock; every call is short)."""
 
-  def __init__(self, path: str | Path, *, sync: str = "FULL"):
+  def __init__(self, path: str | Path, *, sync: str = "FULL", shared: bool = False):
+    """``shared``: processes that all open it shared may use it together (a broker's API and workers); one that
+    opens it unshared excludes every other."""
     sync = _checked_sync(sync)
     self.path = Path(path)
     self.path.parent.mkdir(parents=True, exist_ok=True)
-    self._lock_file = _lock_exclusively(self.path.with_name(self.path.name + ".lock"))
-    self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+    self._lock_file = _lock(self.path.with_name(self.path.name + ".lock"), shared=shared)
+    # Other processes' writes wait for the write lock (SQLite's busy timeout) instead of failing.
+    self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
     mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
     if mode.lower() != "wal":
       self._db.close()
@@ -85,8 +139,9 @@ class PostStore:
     self._db.execute(f"PRAGMA synchronous={sync}")
     self._db.executescript(_SCHEMA)
     self._lock = threading.Lock()
-    self._seq = self._scalar("SELECT COALESCE(MAX(seq), 0) FROM posts")
-    self._embed_seq = self._scalar("SELECT COALESCE(MAX(embed_seq), 0) FROM posts")
+    with self._transaction() as db:
+      if db.execute("SELECT 1 FROM counts").fetchone() is None:
+        db.execute(_COUNT_EVERYTHING)
     self.store_id = self._meta("store_id") or self._set_meta("store_id", uuid.uuid4().hex)
 
   def close(self) -> None:
@@ -96,7 +151,9 @@ class PostStore:
 
   @property
   def last_embed_seq(self) -> int:
-    return self._embed_seq
+    """The latest change to the index's contents (embedding stored or post deleted)."""
+    with self._lock:
+      return self._db.execute("SELECT embed_seq FROM counts").fetchone()[0]
 
   @property
   def model(self) -> tuple[str, int] | None:
@@ -116,14 +173,19 @@ class PostStore:
       )
 
   def submit(self, posts: Sequence[Post], *, max_queue: int) -> list[str]:
-    """Stores posts in one transaction; per post "created", "updated" (text changed: re-embed) or "unchanged".
+    """Stores posts in one transaction; per post "created", "updated" (text changed: re-embed), "unchanged", or
+    "deleted" (a replay from before the post's deletion: not stored; module docstring).
 
     Raises QueueFull, storing nothing, when the posts that would join the queue do not fit.
     """
     now = time.time()
     with self._transaction() as db:
       statuses, joining = [], 0
+      (seq,) = db.execute("SELECT seq FROM counts").fetchone()
       for post in posts:
+        if post.log_seq is not None and self._deleted_at_or_after(db, post.id, post.log_seq):
+          statuses.append("deleted")
+          continue
         row = db.execute("SELECT text, timestamp, pending FROM posts WHERE id = ?", (post.id,)).fetchone()
         if row is not None and row[0] == post.text:
           if row[1] != post.timestamp:  # only the creation time moved: nothing to re-embed
@@ -131,18 +193,50 @@ class PostStore:
           statuses.append("unchanged")
           continue
         joining += row is None or not row[2]
-        self._seq += 1
+        seq += 1
         db.execute(
           "INSERT INTO posts (id, text, timestamp, submitted_at, seq, pending) VALUES (?, ?, ?, ?, ?, 1) "
           "ON CONFLICT (id) DO UPDATE SET text = excluded.text, timestamp = excluded.timestamp, "
           "submitted_at = excluded.submitted_at, seq = excluded.seq, pending = 1",
-          (post.id, post.text, post.timestamp, now, self._seq),
+          (post.id, post.text, post.timestamp, now, seq),
         )
         statuses.append("created" if row is None else "updated")
+      db.execute("UPDATE counts SET seq = ?", (seq,))
       depth = self._queue_depth(db) if joining else 0
       if depth > max_queue:  # raising rolls the whole request back
         raise QueueFull(depth - joining, joining, max_queue)
     return statuses
+
+  def delete(self, post_id: str, *, log_seq: int | None = None) -> int | None:
+    """Removes a post and leaves its tombstone (module docstring); returns its index key, None if there is none.
+
+    ``log_seq`` is the deletion's position in an external log; without one it takes the store's next ``seq``.
+    """
+    with self._transaction() as db:
+      row = db.execute("SELECT key FROM posts WHERE id = ?", (post_id,)).fetchone()
+      if row is None:
+        return None
+      seq, embed_seq = db.execute("SELECT seq, embed_seq + 1 FROM counts").fetchone()
+      if log_seq is None:
+        seq = log_seq = seq + 1
+      db.execute("DELETE FROM posts WHERE key = ?", row)
+      db.execute(
+        "INSERT INTO tombstones (key, id, seq, embed_seq, deleted_at) VALUES (?, ?, ?, ?, ?)",
+        (row[0], post_id, log_seq, embed_seq, time.time()),
+      )
+      db.execute("UPDATE counts SET seq = ?, embed_seq = ?", (seq, embed_seq))
+    return row[0]
+
+  def deleted_since(self, embed_seq: int) -> np.ndarray:
+    """Index keys of the posts deleted after ``embed_seq`` (a key is never reused, so order does not matter)."""
+    with self._lock:
+      rows = self._db.execute("SELECT key FROM tombstones WHERE embed_seq > ?", (embed_seq,)).fetchall()
+    return np.array([r[0] for r in rows], np.uint64)
+
+  @staticmethod
+  def _deleted_at_or_after(db, post_id: str, log_seq: int) -> bool:
+    row = db.execute("SELECT MAX(seq) FROM tombstones WHERE id = ?", (post_id,)).fetchone()
+    return row[0] is not None and row[0] >= log_seq
 
   def next_batch(self, limit: int) -> list[QueuedPost]:
     """The oldest queued posts, at most ``limit``."""
@@ -162,7 +256,7 @@ class PostStore:
     stored = np.zeros(len(posts), bool)
     now = time.time()
     with self._transaction() as db:
-      seq = self._embed_seq
+      (seq,) = db.execute("SELECT embed_seq FROM counts").fetchone()
       for i, (post, vector) in enumerate(zip(posts, vectors)):
         cursor = db.execute(
           "UPDATE posts SET embedding = ?, embedded_at = ?, embed_seq = ?, pending = 0 WHERE key = ? AND seq = ?",
@@ -171,8 +265,43 @@ class PostStore:
         if cursor.rowcount:
           seq += 1
           stored[i] = True
-    self._embed_seq = seq
+      db.execute("UPDATE counts SET embed_seq = ?", (seq,))
     return stored
+
+  def save_versions(self, posts: Sequence[Post], submitted_at: Sequence[float], vectors: np.ndarray) -> list[str]:
+    """Stores embedded versions of posts read from an external log (``Post.log_seq`` set: a broker's stream
+    sequence) in one transaction; per post "stored", "unchanged" (this text is stored already: a redelivery or a
+    resend; nothing is rewritten), "stale" (a later version is stored) or "deleted" (from before its deletion).
+
+    Idempotent and order-free, so several workers and redeliveries need no coordination: each post ends with the
+    embedding of its latest version, written once.
+    """
+    vectors = np.ascontiguousarray(vectors, np.float32)
+    statuses, now = [], time.time()
+    with self._transaction() as db:
+      seq, embed_seq = db.execute("SELECT seq, embed_seq FROM counts").fetchone()
+      for post, submitted, vector in zip(posts, submitted_at, vectors):
+        row = db.execute("SELECT text, seq FROM posts WHERE id = ?", (post.id,)).fetchone()
+        if self._deleted_at_or_after(db, post.id, post.log_seq):
+          statuses.append("deleted")
+        elif row is not None and row[1] >= post.log_seq:
+          statuses.append("unchanged" if row[1] == post.log_seq else "stale")
+        elif row is not None and row[0] == post.text:
+          db.execute("UPDATE posts SET seq = ?, timestamp = ? WHERE id = ?", (post.log_seq, post.timestamp, post.id))
+          statuses.append("unchanged")
+        else:
+          embed_seq += 1
+          db.execute(
+            "INSERT INTO posts (id, text, timestamp, submitted_at, seq, pending, embedding, embedded_at, embed_seq) "
+            "VALUES (?, ?, ?, ?, ?, 0, ?, ?, ?) ON CONFLICT (id) DO UPDATE SET text = excluded.text, "
+            "timestamp = excluded.timestamp, submitted_at = excluded.submitted_at, seq = excluded.seq, pending = 0, "
+            "embedding = excluded.embedding, embedded_at = excluded.embedded_at, embed_seq = excluded.embed_seq",
+            (post.id, post.text, post.timestamp, submitted, post.log_seq, vector.tobytes(), now, embed_seq),
+          )
+          statuses.append("stored")
+        seq = max(seq, post.log_seq)
+      db.execute("UPDATE counts SET seq = ?, embed_seq = ?", (seq, embed_seq))
+    return statuses
 
   def get(self, post_id: str) -> dict | None:
     """A post with its latest stored embedding (which, while ``pending``, belongs to its previous text)."""
@@ -232,13 +361,14 @@ class PostStore:
       return self._queue_depth(self._db)
 
   def counts(self) -> dict[str, int]:
+    """Constant time: read from the counts the triggers keep."""
     with self._lock:
-      posts, embedded = self._db.execute("SELECT COUNT(*), COUNT(embedding) FROM posts").fetchone()
-      return dict(posts=posts, with_embedding=embedded, queued=self._queue_depth(self._db))
+      posts, embedded, queued = self._db.execute("SELECT posts, with_embedding, queued FROM counts").fetchone()
+    return dict(posts=posts, with_embedding=embedded, queued=queued)
 
   @staticmethod
   def _queue_depth(db) -> int:
-    return db.execute("SELECT COUNT(*) FROM posts WHERE pending = 1").fetchone()[0]
+    return db.execute("SELECT queued FROM counts").fetchone()[0]
 
   @contextlib.contextmanager
   def _transaction(self):
@@ -259,9 +389,6 @@ class PostStore:
         out += self._db.execute(sql.format(",".join("?" * len(part))), part).fetchall()
     return out
 
-  def _scalar(self, sql: str):
-    return self._db.execute(sql).fetchone()[0]
-
   def _meta(self, name: str) -> str | None:
     row = self._db.execute("SELECT value FROM meta WHERE name = ?", (name,)).fetchone()
     return row and row[0]
@@ -277,16 +404,19 @@ def _checked_sync(sync: str) -> str:
   return sync.upper()
 
 
-def _lock_exclusively(path: Path):
+def _lock(path: Path, *, shared: bool):
   """Holds an flock for the process's lifetime (the kernel drops it when the process dies, even by SIGKILL)."""
   handle = open(path, "a+")
   try:
-    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    fcntl.flock(handle, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
   except BlockingIOError:
     handle.seek(0)
     holder = handle.read().strip() or "?"
     handle.close()
-    raise RuntimeError(f"{path.with_suffix('')} is in use by another process (pid {holder}).") from None
+    mode = "by a process that owns it alone" if shared else "by another process"
+    raise RuntimeError(f"{path.with_suffix('')} is in use {mode} (pid {holder}).") from None
+  if shared:  # the pid is an exclusive owner's; shared holders leave it
+    return handle
   handle.truncate(0)
   handle.write(str(os.getpid()))
   handle.flush()

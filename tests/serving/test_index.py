@@ -126,3 +126,51 @@ def test_hnsw_recall_against_exact_search_on_real_embeddings(post_vectors):
   # The exact path is brute force: numpy's top-10 similarities (neighbour order may differ only on float ties).
   for query, (_, scores), top in zip(queries, index.search(queries, 10, exact=True), exact):
     np.testing.assert_allclose(scores, corpus[top] @ query, atol=1e-5)
+
+
+def test_open_index_applies_deletions_made_after_the_save(tmp_path, store, caplog):
+  path = tmp_path / "posts.usearch"
+  store.submit([Post(str(i), f"t{i}") for i in range(10)], max_queue=100)
+  _embed_all(store, 0)
+  save_index(open_index(path, store), path, store)
+  keys = [store.delete("2"), store.delete("7")]
+  caplog.set_level("INFO")
+  index = open_index(path, store)
+  assert "removed 2 deleted posts" in caplog.text and "rebuilding" not in caplog.text
+  assert len(index) == 8 and not set(keys) & set(index.search(_unit(10), 10, exact=True)[0][0].tolist())
+  _assert_matches_store(index, store)
+
+
+def test_another_index_dtype_rebuilds(tmp_path, store, caplog):
+  path = tmp_path / "posts.usearch"
+  store.submit([Post(str(i), f"t{i}") for i in range(10)], max_queue=100)
+  _embed_all(store, 0)
+  save_index(open_index(path, store), path, store)
+  caplog.set_level("INFO")
+  index = open_index(path, store, dtype="f16")
+  assert "rebuilding" in caplog.text and index.dtype == "f16" and len(index) == 10
+  save_index(index, path, store)
+  assert (
+    PostIndex.load(path)[0].dtype == "f16"
+    and json.loads((tmp_path / "posts.usearch.json").read_text())["dtype"] == "f16"
+  )
+  with pytest.raises(ValueError, match=r"config.index_dtype='f8' is not one of f32, f16, i8, b1"):
+    open_index(path, store, dtype="f8")
+
+
+@pytest.mark.parametrize("dtype,min_recall", [("f16", 0.99), ("i8", 0.95), ("b1", 0.5)])
+def test_smaller_index_vectors_on_real_embeddings(post_vectors, dtype, min_recall):
+  """recall@10 of each dtype's exact search against float32's on real posts; scores stay cosine estimates."""
+  vectors = post_vectors / np.linalg.norm(post_vectors, axis=1, keepdims=True)
+  queries, corpus = vectors[:60], vectors[60:]
+  index = PostIndex(vectors.shape[1], dtype=dtype, exact_below=0)
+  index.add(np.arange(len(corpus)), corpus)
+  exact = _exact_top(corpus, queries, 10)
+  for search_exact in (True, False):
+    found = index.search(queries, 10, exact=search_exact)
+    recall = np.mean([len(set(a[0].tolist()) & set(e.tolist())) / 10 for a, e in zip(found, exact)])
+    assert recall >= min_recall, (search_exact, recall)
+  error = np.mean([np.abs(s - corpus[k.astype(int)] @ q).mean() for (k, s), q in zip(found, queries)])
+  assert error < {"f16": 1e-3, "i8": 0.02, "b1": 0.2}[dtype], error
+  ((keys, scores),) = index.search(corpus[5], 1)
+  assert keys.tolist() == [5] and scores[0] == pytest.approx(1.0, abs=1e-3)

@@ -113,10 +113,10 @@ def test_sigkill_while_streaming_loses_no_acknowledged_post(tmp_path, debian_pos
     streamer.start()
     deadline = time.monotonic() + 120
     while (
-      len(acked) < 100 or first.client.get("/metrics").json()["posts_embedded"] < 10
+      len(acked) < 100 or first.client.get("/stats").json()["posts_embedded"] < 10
     ) and time.monotonic() < deadline:
       time.sleep(0.1)
-    queued_at_kill = first.client.get("/metrics").json()["queue_depth"]
+    queued_at_kill = first.client.get("/stats").json()["queue_depth"]
     first.kill()  # SIGKILL: no shutdown, no index save, requests in flight are cut
     stop.set()
     streamer.join(30)
@@ -128,7 +128,7 @@ def test_sigkill_while_streaming_loses_no_acknowledged_post(tmp_path, debian_pos
   second = ServiceProcess(tmp_path)
   try:
     deadline = time.monotonic() + 120
-    while second.client.get("/metrics").json()["queue_depth"] and time.monotonic() < deadline:
+    while second.client.get("/stats").json()["queue_depth"] and time.monotonic() < deadline:
       time.sleep(0.2)
     health = second.client.get("/health").json()
     assert health["queued"] == 0 and health["status"] == "ok"

@@ -115,3 +115,125 @@ def test_lookups(store):
 def test_sync_mode_is_checked(tmp_path):
   with pytest.raises(ValueError, match="OFF would lose"):
     PostStore(tmp_path / "x.sqlite3", sync="OFF")
+
+
+def test_delete_leaves_a_tombstone_that_only_a_new_submission_passes(store):
+  store.submit([Post("a", "one"), Post("b", "two")], max_queue=10)
+  store.save_embeddings(store.next_batch(10), _vectors(2))
+  key_a, mark = store.get("a")["key"], store.last_embed_seq
+  assert store.delete("a") == key_a and store.delete("a") is None and store.delete("never") is None
+  assert store.get("a") is None and store.last_embed_seq == mark + 1
+  assert store.counts() == dict(posts=1, with_embedding=1, queued=0)
+  assert store.deleted_since(mark).tolist() == [key_a] and store.deleted_since(mark + 1).tolist() == []
+  assert [k.tolist() for k, _ in store.embeddings_since(0)] == [[store.get("b")["key"]]]
+  # A submission without a log position is new: the post is back, under a new key.
+  assert store.submit([Post("a", "one")], max_queue=10) == ["created"]
+  assert store.get("a")["key"] != key_a and store.get("a")["status"] == "pending"
+
+
+def test_a_replay_from_before_the_delete_does_not_resurrect(store):
+  """Log positions (a broker's stream sequence): a redelivery at or before the deletion's is ignored."""
+  assert store.submit([Post("a", "one", log_seq=5)], max_queue=10) == ["created"]
+  store.delete("a", log_seq=7)
+  statuses = store.submit([Post("a", "one", log_seq=5), Post("a", "edit", log_seq=7)], max_queue=10)
+  assert statuses == ["deleted", "deleted"] and store.get("a") is None
+  assert store.submit([Post("a", "one", log_seq=8)], max_queue=10) == ["created"]
+  assert store.get("a")["text"] == "one"
+
+
+def test_worker_result_for_a_deleted_post_is_not_stored(store):
+  store.submit([Post("a", "one"), Post("b", "two")], max_queue=10)
+  batch = store.next_batch(10)
+  store.delete("a")  # while the worker embeds it
+  assert store.save_embeddings(batch, _vectors(2)).tolist() == [False, True]
+  assert store.counts() == dict(posts=1, with_embedding=1, queued=0)
+
+
+def _statements(monkeypatch) -> list[str]:
+  """Every SQL statement the store's connections run from now on (sqlite3's own trace hook)."""
+  import sqlite3
+
+  seen, connect = [], sqlite3.connect
+
+  def traced(*args, **kwargs):
+    db = connect(*args, **kwargs)
+    db.set_trace_callback(seen.append)
+    return db
+
+  monkeypatch.setattr(sqlite3, "connect", traced)
+  return seen
+
+
+def _full_scans(path, statements: list[str]) -> list[str]:
+  """The plan lines of ``statements`` that read a whole table: "SCAN posts", or "SEARCH posts" with no index (how
+  SQLite plans MAX(seq) without one); an indexed read says "SEARCH ... USING ...". The queue's partial index
+  (posts WHERE pending = 1) may be scanned in order: it holds at most max_queue rows."""
+  import sqlite3
+
+  db = sqlite3.connect(path)
+  scans = []
+  for sql in statements:
+    if not sql.lstrip().upper().startswith(("SELECT", "UPDATE", "DELETE", "INSERT")):
+      continue
+    for row in db.execute(f"EXPLAIN QUERY PLAN {sql}").fetchall():
+      plan = row[-1]
+      scan = plan.startswith("SCAN") and plan not in ("SCAN counts", "SCAN posts USING INDEX queue")
+      if scan or (plan.startswith("SEARCH") and " USING " not in plan):
+        scans.append(f"{sql} -> {plan}")
+  db.close()
+  return scans
+
+
+def test_open_and_counts_use_no_full_scan_at_200k_posts(tmp_path, monkeypatch):
+  """Opening, counting, submitting and the worker's reads stay constant-time (or indexed) at any size: checked on the
+  query plans of the statements the store runs, not on timings."""
+  import sqlite3
+
+  path = tmp_path / "big.sqlite3"
+  PostStore(path).close()
+  n = 200_000
+  db = sqlite3.connect(path)
+  blob = _vectors(1).tobytes()
+  db.executemany(  # the triggers keep the counts, as for posts submitted through the store
+    "INSERT INTO posts (id, text, submitted_at, seq, pending, embedding, embedded_at, embed_seq) "
+    "VALUES (?, ?, 0, ?, ?, ?, ?, ?)",
+    (
+      (f"p{i}", f"text {i}", i + 1, int(i >= n - 5), None if i >= n - 5 else blob, 0, None if i >= n - 5 else i + 1)
+      for i in range(n)
+    ),
+  )
+  db.execute("UPDATE counts SET seq = ?, embed_seq = ?", (n, n - 5))
+  db.commit()
+  db.close()
+
+  statements = _statements(monkeypatch)
+  store = PostStore(path)
+  assert store.counts() == dict(posts=n, with_embedding=n - 5, queued=5) and store.last_embed_seq == n - 5
+  store.submit([Post("new", "new text"), Post("p7", "p7 edited")], max_queue=100)
+  assert [p.id for p in store.next_batch(3)] == ["p199995", "p199996", "p199997"]
+  store.delete("p3")
+  assert store.counts() == dict(posts=n, with_embedding=n - 6, queued=7)  # p7 keeps its old embedding
+  assert len(store.deleted_since(n - 5)) == 1 and sum(len(k) for k, _ in store.embeddings_since(n - 5)) == 0
+  store.close()
+  assert any("FROM counts" in s for s in statements)
+  assert _full_scans(path, statements) == []
+
+
+def test_a_database_from_before_the_counts_table_is_counted_once(tmp_path):
+  path = tmp_path / "old.sqlite3"
+  s = PostStore(path)
+  s.bind_model("m", DIM)
+  s.submit([Post("a", "one"), Post("b", "two"), Post("c", "three")], max_queue=10)
+  s.save_embeddings(s.next_batch(2), _vectors(2))
+  s.close()
+  import sqlite3
+
+  db = sqlite3.connect(path)
+  db.execute("DROP TABLE counts")
+  db.commit()
+  db.close()
+  s = PostStore(path)
+  assert s.counts() == dict(posts=3, with_embedding=2, queued=1) and s.last_embed_seq == 2
+  assert s.submit([Post("d", "four")], max_queue=10) == ["created"]
+  assert [p.id for p in s.next_batch(10)] == ["c", "d"]
+  s.close()

@@ -11,20 +11,19 @@ bring the index up to the store before it answers, so the API never calls a post
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path
 
 from postembed_jax.serving.index import PostIndex, save_index
 from postembed_jax.serving.metrics import ServiceMetrics
 from postembed_jax.serving.store import PostStore
+from postembed_jax.serving.worker import BackgroundIndexer
 
 log = logging.getLogger(__name__)
 
 
-class IndexFollower:
-  """Keeps ``index`` in step with ``store`` from the change ``since``; the same face as EmbedWorker to the service
-  (start, stop, alive, last_error, notify, publish_lock)."""
+class IndexFollower(BackgroundIndexer):
+  """Keeps ``index`` in step with ``store`` from the change ``since``."""
 
   def __init__(
     self,
@@ -41,18 +40,7 @@ class IndexFollower:
     self._interval_s, self._index_path, self._save_every_s = interval_s, index_path, index_save_every_s
     self._watermark = since  # read before the index was opened: it holds at least the changes up to here
     self._saved_watermark = None
-    self._saved_at = time.monotonic()
-    self._stopping = threading.Event()
-    self._thread = threading.Thread(target=self._run, name="index-follower", daemon=True)
-    self.publish_lock = threading.Lock()
-    self.last_error: str | None = None
-
-  @property
-  def alive(self) -> bool:
-    return self._thread.is_alive()
-
-  def start(self) -> None:
-    self._thread.start()
+    super().__init__("index-follower")
 
   def notify(self) -> None:
     """Nothing to wake: posts reach the index through the broker and the workers."""

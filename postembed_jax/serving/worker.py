@@ -24,7 +24,26 @@ _IDLE_POLL_S = 1.0  # wake-ups are signalled; this only bounds how long a missed
 _MAX_BACKOFF_S = 30.0
 
 
-class EmbedWorker:
+class BackgroundIndexer:
+  """The face the service sees of the thread that keeps the index (start, stop, alive, last_error, notify,
+  publish_lock): EmbedWorker here, IndexFollower in broker mode. Subclasses define ``_run`` and ``stop``."""
+
+  def __init__(self, name: str):
+    self._stopping = threading.Event()
+    self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+    self.publish_lock = threading.Lock()
+    self._saved_at = time.monotonic()
+    self.last_error: str | None = None
+
+  @property
+  def alive(self) -> bool:
+    return self._thread.is_alive()
+
+  def start(self) -> None:
+    self._thread.start()
+
+
+class EmbedWorker(BackgroundIndexer):
   """Owns the embed -> store -> index path; ``embed_lock`` serialises the Embedder with query embedding."""
 
   def __init__(
@@ -44,20 +63,9 @@ class EmbedWorker:
     self._embed_lock, self._metrics = embed_lock, metrics
     self.max_batch, self.max_wait_s = max_batch, max_wait_s
     self._index_path, self._save_every_s = index_path, index_save_every_s
+    super().__init__("embed-worker")
     self._wake = threading.Event()
-    self._stopping = threading.Event()
-    self._thread = threading.Thread(target=self._run, name="embed-worker", daemon=True)
-    self.publish_lock = threading.Lock()
     self._index_dirty = False
-    self._saved_at = time.monotonic()
-    self.last_error: str | None = None
-
-  @property
-  def alive(self) -> bool:
-    return self._thread.is_alive()
-
-  def start(self) -> None:
-    self._thread.start()
 
   def notify(self) -> None:
     """Tells the worker that posts were queued (it would find them anyway, up to a second later)."""

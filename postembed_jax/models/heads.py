@@ -15,6 +15,7 @@ the full width only.
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import optax
 from flax import nnx
@@ -22,6 +23,11 @@ from flax import nnx
 from postembed_jax.models.encoder import l2_normalize
 
 PAIR_LOSSES = ("bce", "infonce")
+# How the two sides of a pair batch go through the tower (``config.pair_tower_calls``): "one" call on both sides
+# stacked (the shorter side padded to the longer), "two" calls (one per side), or "auto": one call on an
+# accelerator, where halving the number of matrix products outweighs the padding, and on a CPU (compute-bound in
+# the matrix kernels, so padded positions cost their share) only when both sides have the same length.
+PAIR_TOWER_CALLS = ("auto", "one", "two")
 CLASSIFICATION_LOSSES = ("softmax", "sigmoid")
 
 
@@ -127,15 +133,14 @@ def pair_loss(
   *,
   rngs: nnx.Rngs | None,
   widths: tuple[int, ...] | None = None,
+  tower_calls: str = "auto",
 ):
   """Per-row (loss, weight, correct) of a batch of pairs from any pair tasks: row r is scored by the head of task
   ``task_names[batch["task_id"][r]]``. Single-task batches are the case where every row has the same task id, so
   one compiled step serves every pair task and every mix of them. ``widths`` (Matryoshka): the loss is the mean
   over widths d of the loss on the embeddings' first d dimensions, renormalised (prefixes of a unit vector are
-  not unit vectors); weight and correct are those of the widest."""
-  kw = dict(deterministic=rngs is None, rngs=rngs)
-  left = tower(batch["left_ids"], batch["left_mask"], **kw)
-  right = tower(batch["right_ids"], batch["right_mask"], **kw)
+  not unit vectors); weight and correct are those of the widest. ``tower_calls``: see ``pair_embeddings``."""
+  left, right = pair_embeddings(tower, batch, rngs=rngs, tower_calls=tower_calls)
   task_id = batch["task_id"]
   same_task = task_id[:, None] == task_id[None, :]
 
@@ -148,6 +153,37 @@ def pair_loss(
   per_width = [score(l2_normalize(left[:, :d]), l2_normalize(right[:, :d])) for d in widths]
   widest = per_width[widths.index(max(widths))]
   return jnp.mean(jnp.stack([w[0] for w in per_width]), axis=0), widest[1], widest[2]
+
+
+def check_tower_calls(tower_calls: str) -> str:
+  if tower_calls not in PAIR_TOWER_CALLS:
+    raise ValueError(f"config.pair_tower_calls={tower_calls!r}; choose one of {list(PAIR_TOWER_CALLS)}.")
+  return tower_calls
+
+
+def one_tower_call(left_shape, right_shape, tower_calls: str = "auto") -> bool:
+  """Whether both sides of a pair batch of these [rows, length] shapes go through the tower in one call
+  (``PAIR_TOWER_CALLS``): they need the same number of rows. Decided from static shapes, so per compiled step."""
+  check_tower_calls(tower_calls)
+  if tower_calls == "two" or left_shape[0] != right_shape[0]:
+    return False
+  return tower_calls == "one" or left_shape[1] == right_shape[1] or jax.default_backend() != "cpu"
+
+
+def pair_embeddings(tower, batch: dict, *, rngs: nnx.Rngs | None, tower_calls: str = "auto"):
+  """(left, right) embeddings of a pair batch. In one call the sides are stacked row-wise, the shorter padded with
+  masked positions (ids 0), which no real token attends to and pooling skips: each row's embedding is the one
+  two calls give, up to float rounding; only dropout masks are drawn differently."""
+  kw = dict(deterministic=rngs is None, rngs=rngs)
+  left_ids, left_mask, right_ids, right_mask = (batch[k] for k in ("left_ids", "left_mask", "right_ids", "right_mask"))
+  if not one_tower_call(left_ids.shape, right_ids.shape, tower_calls):
+    return tower(left_ids, left_mask, **kw), tower(right_ids, right_mask, **kw)
+  length = max(left_ids.shape[1], right_ids.shape[1])
+  pad = lambda x: jnp.pad(x, ((0, 0), (0, length - x.shape[1])))
+  both = tower(
+    jnp.concatenate([pad(left_ids), pad(right_ids)]), jnp.concatenate([pad(left_mask), pad(right_mask)]), **kw
+  )
+  return both[: left_ids.shape[0]], both[left_ids.shape[0] :]
 
 
 def classification_loss(tower, head, batch: dict, *, rngs: nnx.Rngs | None):

@@ -32,6 +32,15 @@ def training_config(tasks: str) -> ml_collections.ConfigDict:
   c.pooling = "mean"
   c.normalize = True
   c.dtype = "float32"  # compute dtype; parameters stay float32
+  # How the encoder computes (models/encoder.py ENCODER_OPTIONS; docs/training.md "Accelerator efficiency options"):
+  c.attention_impl = "einsum"  # einsum | xla | cudnn | auto (fused ones skip attention dropout)
+  c.prng_impl = "threefry2x32"  # dropout masks' generator: threefry2x32 | rbg | unsafe_rbg
+  c.gelu = "exact"  # exact | tanh (changes the model's activation)
+  c.scan_layers = False  # layers under lax.scan: shorter compiles, same parameters and checkpoints
+  c.remat = "none"  # none | full | dots_saveable: recompute layer activations in the backward pass
+  # pair batches: both sides in "one" tower call (the shorter padded) or "two"; "auto": one on accelerators, and on
+  # a CPU only when both sides have the same length (models/heads.py PAIR_TOWER_CALLS)
+  c.pair_tower_calls = "auto"
   c.seed = 0
   c.total_steps = 600
   c.init_checkpoint = config_dict.placeholder(str)  # see docs/training.md, "Where a run starts from"

@@ -4,6 +4,10 @@
 trainer it runs (model, data, sharded state, steps) comes from ``postembed_jax.train.setup.build``; resuming,
 validation, metrics, checkpoints and the export are the loop's.
 
+The device does not wait on the host: batches are made and sent to the devices in a prefetch thread
+(``train/prefetch.py``), and the steps' metrics stay on the device until a log step, a validation or a save reads
+them together (``train/step_metrics.py``), with examples/s, model FLOP/s and MFU (``train/mfu.py``).
+
 Each run goes to its best: validation every ``eval.every_steps`` tracks the best value of
 ``checkpoint.best_metric``; with ``early_stopping.patience`` > 0 the run stops after that many evaluations without
 an improvement of at least ``early_stopping.min_delta``. With ``export_checkpoint = "best"`` the export is written
@@ -34,12 +38,13 @@ from flax import nnx
 from tqdm.auto import tqdm
 
 from postembed_jax import launching
+from postembed_jax.data import mixture
 from postembed_jax.evaluation import evaluators
 from postembed_jax.evaluation import examples as eval_examples
 from postembed_jax.models import heads as heads_lib
 from postembed_jax.models import hf_io
 from postembed_jax.models.embedder import Embedder
-from postembed_jax.train import checkpoint, preemption, setup
+from postembed_jax.train import checkpoint, mfu, preemption, prefetch, setup, step_metrics
 from postembed_jax.train.affinity import AffinityProbe
 from postembed_jax.train.metrics_writer import MetricsWriter
 
@@ -140,6 +145,41 @@ class Validator:
     return metrics
 
 
+class Throughput:
+  """Examples/s and model FLOP/s of training between log steps, timed over the spans that end in a read of the
+  steps' metrics (which waits for them); validation, affinity probes and checkpoint saves are left out. MFU
+  divides by the devices' dense bf16 peak (``train/mfu.py``); it is left out for other compute dtypes and for
+  devices without a known peak (CPUs)."""
+
+  def __init__(self, dtype: str):
+    peak = mfu.peak_tflops(jax.devices()[0].device_kind) if dtype == "bfloat16" else None
+    self.peak = peak * 1e12 * jax.device_count() if peak else None
+    self.examples, self.flops, self.seconds = 0, 0.0, 0.0
+    self._since = time.perf_counter()
+
+  def add(self, examples: int, flops: float) -> None:
+    self.examples += examples
+    self.flops += flops
+
+  def steps_done(self) -> None:
+    """The steps added so far are done (their metrics were just read): their time counts."""
+    now = time.perf_counter()
+    self.seconds, self._since = self.seconds + now - self._since, now
+
+  def paused(self) -> None:
+    """Time since the last read that no step used (validation, a save): not counted."""
+    self._since = time.perf_counter()
+
+  def take(self) -> dict[str, float]:
+    """The rates since the last ``take``, as metrics; then counting starts again."""
+    seconds = max(self.seconds, 1e-9)
+    out = {"train/examples_per_s": self.examples / seconds, "train/model_tflops_per_s": self.flops / seconds / 1e12}
+    if self.peak:
+      out["train/mfu"] = self.flops / seconds / self.peak
+    self.examples, self.flops, self.seconds = 0, 0.0, 0.0
+    return out
+
+
 def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   """Trains (resuming from ``workdir`` when it holds checkpoints), exports, returns final validation metrics.
   Raises ``checkpoint.ResumeMismatch`` when ``workdir`` holds another run's checkpoints, and ``launching.Preempted``
@@ -222,42 +262,57 @@ def _train_and_evaluate(config, workdir: Path, watch: preemption.PreemptionWatch
   recent_loss: dict[str, float] = {}
   val_metrics: dict[str, float] = {}
   bar = tqdm(total=config.total_steps, initial=start_step, desc="train", unit="step", disable=not is_main)
-  examples_seen, clock = 0, time.perf_counter()
+  pending, rate = step_metrics.Pending(trainer.workdir), Throughput(config.dtype)
+  # One process: batches are made and sent to the devices in the prefetch thread. Several: the thread makes them
+  # and the main thread sends them, as the hosts agree on a common padded length there (Trainer.prepare).
+  single_process = jax.process_count() == 1
+  batches = prefetch.Prefetcher(
+    train_iter, transform=trainer.prepare if single_process else None, count=config.total_steps - start_step
+  )
+
+  def read_steps() -> list[tuple[int, str, dict[str, float]]]:
+    """The pending steps' metrics (waits for them; raises on a non-finite loss or gradient)."""
+    records = pending.read()
+    rate.steps_done()
+    for _, t, m in records:  # an all-tasks step has "<task>/loss" for each task
+      per_task = {k.removesuffix("/loss"): v for k, v in m.items() if k.endswith("/loss")}
+      recent_loss.update(per_task if t == mixture.ALL_TASKS else {t: m["loss"]})
+    return records
+
   step = start_step
   try:
     while step < config.total_steps and not tracker.stopped and not preempted:
-      batch = next(train_iter)
+      batch = next(batches)
+      if not single_process:
+        batch = trainer.prepare(batch)
       task = batch["task"]
       single = batch.get("batches", {task: batch})  # an all-tasks batch holds one batch per task
       if probe is not None:
         for name, b in single.items():
           if name not in probe.batches:
             probe.observe(name, trainer.device_batch(b))
-      metrics = trainer.train_step(batch)  # raises on a non-finite loss or gradient
       step += 1
-      examples_seen += config.data.batch_size * len(single)
-      if "batches" in batch:
-        recent_loss.update({name: metrics[f"{name}/loss"] for name in single})
-        logged = {f"train/{k}": v for k, v in metrics.items()}
-      else:
-        recent_loss[task] = metrics["loss"]
-        logged = {f"train/{task}/{k}": v for k, v in metrics.items()}
+      pending.add(step, task, trainer.dispatch(batch))  # does not wait for the step
+      rate.add(config.data.batch_size * len(single), batch["flops"])
       if trainer.task_weights is not None and "task_weights" not in meta:
         meta["task_weights"] = trainer.task_weights
       if step % config.log_every_steps == 0 or step == config.total_steps:
-        elapsed = time.perf_counter() - clock
-        writer.write(
-          step, logged | {"train/loss": metrics["loss"], "train/examples_per_s": examples_seen / max(elapsed, 1e-9)}
-        )
+        metrics = read_steps()[-1][2]
+        prefix = "train/" if task == mixture.ALL_TASKS else f"train/{task}/"
+        logged = {f"{prefix}{k}": v for k, v in metrics.items()}
+        speed = rate.take()
+        writer.write(step, logged | {"train/loss": metrics["loss"]} | speed)
         bar.set_postfix(
-          {**{t: f"{l:.3f}" for t, l in recent_loss.items()}, "ex/s": f"{examples_seen / max(elapsed, 1e-9):.1f}"}
+          {**{t: f"{l:.3f}" for t, l in recent_loss.items()}, "ex/s": f"{speed['train/examples_per_s']:.1f}"}
         )
-        examples_seen, clock = 0, time.perf_counter()
       bar.update(1)
       if probe is not None and probe.ready and step % config.affinity_every_steps == 0:
+        read_steps()
         writer.write_matrix(step, "affinity", probe(trainer.state["params"]), task_names)
+        rate.paused()
       eval_now = step % config.eval.every_steps == 0 or step == config.total_steps
       if eval_now:
+        read_steps()  # no validation of a state past a non-finite step
         val_metrics = validator(nnx.state(nnx.merge(graphdef, trainer.state["params"]).tower))
         writer.write(step, val_metrics)
         bar.write(
@@ -276,21 +331,28 @@ def _train_and_evaluate(config, workdir: Path, watch: preemption.PreemptionWatch
             f"Early stopping at step {step}: {tracker.metric} has not improved for {tracker.since_best} "
             f"evaluations (best {tracker.best:.4f} at step {tracker.best_step})."
           )
+        rate.paused()
       meta["best"] = tracker.state()
       preempted = watch.requested()  # the same answer on every process: they save this step together
-      checkpoint.save(
+      force = preempted or tracker.stopped or step == config.total_steps
+      if force or manager.should_save(step):
+        read_steps()  # no checkpoint of a state past a non-finite step
+      saved = checkpoint.save(
         manager,
         step,
         trainer.state,
-        train_iter.get_state(),
+        batches.get_state(),  # the position after this step's batch, not the prefetch thread's
         meta,
         metrics=_finite(val_metrics) if eval_now else None,
-        force=preempted or tracker.stopped or step == config.total_steps,
+        force=force,
       )
+      if saved:
+        rate.paused()
       if preempted:
         bar.write(f"SIGTERM: saved step {step}; stopping.")
         break
   finally:
+    batches.close()
     bar.close()
     manager.wait_until_finished()
     manager.close()

@@ -29,7 +29,7 @@ from postembed_jax.models.dtypes import dtype_of
 from postembed_jax.models.embedder import Embedder
 from postembed_jax.models.encoder import EncoderConfig
 from postembed_jax.models.pca import fit_pca
-from postembed_jax.train import sharding
+from postembed_jax.train import mfu, sharding, step_metrics
 from postembed_jax.train import state as state_lib
 from postembed_jax.train import step as step_lib
 
@@ -78,6 +78,11 @@ class Trainer:
   def param_shardings(self):
     return self.state_shardings["params"]
 
+  @property
+  def tower_calls(self) -> str:
+    """One tower call on both sides of a pair batch, or two (``config.pair_tower_calls``, heads.PAIR_TOWER_CALLS)."""
+    return self.config.get("pair_tower_calls", "auto")
+
   def step_for(self, batch: dict[str, Any]) -> Callable:
     """The jitted step for a host batch, made once per step key (one for every pair task, one per classification
     task, since their heads differ); jit compiles it once per batch shape."""
@@ -95,6 +100,7 @@ class Trainer:
         state_shardings=self.state_shardings,
         batch_sharding=self.batch_sharding,
         widths=self.matryoshka_widths,
+        tower_calls=self.tower_calls,
       )
     return self._steps[key]
 
@@ -102,24 +108,39 @@ class Trainer:
     """This host's rows of a batch -> the global arrays the step takes (pair batches get their task ids)."""
     return step_lib.global_batch(step_lib.with_task_ids(batch, self.pair_tasks), self.batch_sharding)
 
-  def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
-    """One optimizer step on a host batch; returns its metrics fetched to the host (so it waits for the step).
-    An all-tasks batch (``task == "all"``) makes one update on every task; its metrics add ``<task>/loss`` and
-    ``<task>/accuracy``. A non-finite loss or gradient norm raises FloatingPointError naming the step and the task."""
+  def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
+    """A host batch with what can be done before its step: its global device arrays (``"device"``; per task for
+    the sequential all-tasks layout) and its model FLOPs (``"flops"``, ``train/mfu.py``). The loop runs this in
+    its prefetch thread on a single process; with several, on the main thread, as padding the hosts' batches to a
+    common length is a collective that must keep its place among the steps'."""
+    cfg, calls = self.encoder_config, self.tower_calls
+    if batch["task"] != mixture.ALL_TASKS:
+      device = self.device_batch(batch)
+      return dict(batch, device=device, flops=mfu.batch_flops(cfg, device, calls))
+    if self.layout == "devices":
+      concat = step_lib.concat_pair_batches(batch["batches"], self.pair_tasks)
+      device = step_lib.global_batch(concat, self.batch_sharding)
+      return dict(batch, device=device, flops=mfu.batch_flops(cfg, device, calls))
+    device = {name: self.device_batch(b) for name, b in batch["batches"].items()}
+    return dict(batch, device=device, flops=sum(mfu.batch_flops(cfg, d, calls) for d in device.values()))
+
+  def dispatch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
+    """One optimizer step on a host batch (``prepare``d or not), without waiting for it: its metrics stay on the
+    device (``train/step_metrics.py`` reads them). An all-tasks batch (``task == "all"``) makes one update on
+    every task; its metrics add ``<task>/loss`` and ``<task>/accuracy``."""
+    if "device" not in batch:
+      batch = self.prepare(batch)
     if batch["task"] == mixture.ALL_TASKS:
-      metrics = self._all_tasks_step(batch["batches"])
-    else:
-      self.state, metrics = self.step_for(batch)(self.state, self.device_batch(batch))
-      metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-    bad = [k for k in ("loss", "grad_norm") if not np.isfinite(metrics[k])]
-    if bad:
-      step = int(jax.device_get(self.state["step"]))
-      where = f" The last good checkpoint is in {self.workdir}/checkpoints." if self.workdir else ""
-      raise FloatingPointError(
-        f"Non-finite {' and '.join(bad)} at step {step} on task {batch['task']!r} "
-        f"(loss={metrics['loss']}, grad_norm={metrics['grad_norm']}).{where}"
-      )
+      return self._all_tasks_step(batch["batches"], batch["device"])
+    self.state, metrics = self.step_for(batch)(self.state, batch["device"])
     return metrics
+
+  def train_step(self, batch: dict[str, Any]) -> dict[str, float]:
+    """``dispatch``, then its metrics read to the host (so it waits for the step). A non-finite loss or gradient
+    norm raises FloatingPointError naming the step and the task."""
+    metrics = self.dispatch(batch)
+    step = int(jax.device_get(self.state["step"]))
+    return step_metrics.read([(step, batch["task"], metrics)], self.workdir)[0]
 
   def set_task_weights(self, first_batches: dict[str, dict] | None = None) -> dict[str, float]:
     """The weight of each task's mean loss in an all-tasks step, from ``config.task_weighting``: ``equal``
@@ -148,6 +169,7 @@ class Trainer:
           loss_weights={},
           rngs=None,
           widths=self.matryoshka_widths,
+          tower_calls=self.tower_calls,
         )[1][0]
         weights[t] = self.loss_weights[t] / max(float(loss), 1e-6)
     else:
@@ -155,53 +177,41 @@ class Trainer:
     self.task_weights = weights
     return weights
 
-  def _all_tasks_step(self, batches: dict[str, dict]) -> dict[str, float]:
+  def _all_tasks_step(self, batches: dict[str, dict], device) -> dict[str, jax.Array]:
     if self.task_weights is None:
       self.set_task_weights(batches)
-    names = list(batches)
+    names = tuple(batches)
+    weights = np.asarray([self.task_weights[t] for t in names], np.float32)
     if self.layout == "devices":
       step_fn = self._compiled_step(step_lib.ALL, self.task_weights)
-      concat = step_lib.concat_pair_batches(batches, self.pair_tasks)
-      self.state, out = step_fn(self.state, step_lib.global_batch(concat, self.batch_sharding))
-      out = jax.device_get(out)
-      order = [self.pair_tasks.index(t) for t in names]
-      losses, accuracy = np.asarray(out["loss"])[order], np.asarray(out["accuracy"])[order]
-      grad_norm = float(out["grad_norm"])
-    else:
-      total, losses, accuracy = None, [], []
-      step = self.state["step"]
-      for name, b in batches.items():
-        key = ("grad", step_lib.step_key(b))
-        if key not in self._steps:
-          self._steps[key] = step_lib.make_grad_fn(
-            self.graphdef,
-            key=key[1],
-            pair_tasks=self.pair_tasks,
-            loss_weights=self.task_weights,
-            seed=self.config.seed,
-            param_shardings=self.param_shardings,
-            batch_sharding=self.batch_sharding,
-            widths=self.matryoshka_widths,
-          )
-        grads, (loss, acc) = self._steps[key](
-          self.state["params"], step, self.task_names.index(name), self.device_batch(b)
+      self.state, out = step_fn(self.state, device)
+      order = tuple(self.pair_tasks.index(t) for t in names)
+      return step_lib.all_tasks_metrics(out["loss"], out["accuracy"], out["grad_norm"], weights, names, order)
+    total, losses, accuracy = None, [], []
+    step = self.state["step"]
+    for name, b in batches.items():
+      key = ("grad", step_lib.step_key(b))
+      if key not in self._steps:
+        self._steps[key] = step_lib.make_grad_fn(
+          self.graphdef,
+          key=key[1],
+          pair_tasks=self.pair_tasks,
+          loss_weights=self.task_weights,
+          seed=self.config.seed,
+          param_shardings=self.param_shardings,
+          batch_sharding=self.batch_sharding,
+          widths=self.matryoshka_widths,
+          tower_calls=self.tower_calls,
         )
-        total = grads if total is None else step_lib.add_grads(total, grads)
-        losses.append(loss)
-        accuracy.append(acc)
-      if "apply" not in self._steps:
-        self._steps["apply"] = step_lib.make_apply_fn(self.tx, state_shardings=self.state_shardings)
-      self.state, grad_norm = self._steps["apply"](self.state, total)
-      losses, accuracy = np.asarray(jax.device_get(losses)), np.asarray(jax.device_get(accuracy))
-      grad_norm = float(grad_norm)
-    metrics = {
-      "loss": float(sum(self.task_weights[t] * l for t, l in zip(names, losses))),
-      "grad_norm": grad_norm,
-      "accuracy": float(np.mean(accuracy)),
-    }
-    for t, l, a in zip(names, losses, accuracy):
-      metrics[f"{t}/loss"], metrics[f"{t}/accuracy"] = float(l), float(a)
-    return metrics
+      grads, (loss, acc) = self._steps[key](self.state["params"], step, self.task_names.index(name), device[name])
+      total = grads if total is None else step_lib.add_grads(total, grads)
+      losses.append(loss)
+      accuracy.append(acc)
+    if "apply" not in self._steps:
+      self._steps["apply"] = step_lib.make_apply_fn(self.tx, state_shardings=self.state_shardings)
+    self.state, grad_norm = self._steps["apply"](self.state, total)
+    order = tuple(range(len(names)))
+    return step_lib.all_tasks_metrics(losses, accuracy, grad_norm, weights, names, order)
 
 
 TASK_WEIGHTINGS = ("equal", "sampling", "initial_loss")
@@ -334,6 +344,7 @@ def pca_projection(config, model_dir: Path) -> dict[tuple[str, str], np.ndarray]
 
 def _trainer(config, encoder_config, infos, *, workdir, tower_arrays=None, jit_init=True, **parts) -> Trainer:
   """The sharded model and optimizer state on the config's mesh, and the Trainer around them."""
+  heads_lib.check_tower_calls(config.get("pair_tower_calls", "auto"))
   mesh = sharding.make_mesh(config.mesh)
   rules = tuple(tuple(r) for r in config.sharding_rules)
   graphdef, params, param_shardings = state_lib.create_params(

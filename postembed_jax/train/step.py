@@ -56,20 +56,23 @@ def model_loss(
   loss_weights: dict[str, float],
   rngs,
   widths: tuple[int, ...] | None = None,
+  tower_calls: str = "auto",
 ) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
   """(objective, (loss, accuracy)): the objective carries the per-task loss weights, the loss does not. Key ALL
   averages within each task first: objective = sum_t w_t * mean loss_t, loss and accuracy are per task [T].
-  ``widths``: the Matryoshka widths of the pair losses (``heads.pair_loss``); classification stays at full width."""
+  ``widths``: the Matryoshka widths of the pair losses (``heads.pair_loss``); classification stays at full width.
+  ``tower_calls``: one tower call on both sides of a pair batch or two (``heads.PAIR_TOWER_CALLS``)."""
   model = nnx.merge(graphdef, params)
+  pair_kw = dict(rngs=rngs, widths=widths, tower_calls=tower_calls)
   if key == ALL:
-    loss, weight, correct = heads_lib.pair_loss(model.tower, model.heads, pair_tasks, batch, rngs=rngs, widths=widths)
+    loss, weight, correct = heads_lib.pair_loss(model.tower, model.heads, pair_tasks, batch, **pair_kw)
     in_task = jax.nn.one_hot(batch["task_id"], len(pair_tasks), dtype=jnp.float32) * weight[:, None]  # [B, T]
     rows = jnp.maximum(jnp.sum(in_task, axis=0), 1e-9)
     task_loss = jnp.sum(in_task * loss[:, None], axis=0) / rows
     scale = jnp.asarray([loss_weights.get(t, 1.0) for t in pair_tasks], jnp.float32)
     return jnp.sum(scale * task_loss), (task_loss, jnp.sum(in_task * correct[:, None], axis=0) / rows)
   if key == PAIRS:
-    loss, weight, correct = heads_lib.pair_loss(model.tower, model.heads, pair_tasks, batch, rngs=rngs, widths=widths)
+    loss, weight, correct = heads_lib.pair_loss(model.tower, model.heads, pair_tasks, batch, **pair_kw)
     scale = jnp.asarray([loss_weights.get(t, 1.0) for t in pair_tasks], jnp.float32)[batch["task_id"]]
     total = jnp.maximum(jnp.sum(weight), 1e-9)
     return (jnp.sum(loss * weight * scale) / total, (jnp.sum(loss * weight) / total, jnp.sum(correct * weight) / total))
@@ -94,11 +97,12 @@ def make_train_step(
   state_shardings,
   batch_sharding,
   widths: tuple[int, ...] | None = None,
+  tower_calls: str = "auto",
 ) -> Callable:
-  """(state, batch) -> (state, metrics). Dropout keys derive from (seed, step), so a resumed run draws the same
-  masks as an uninterrupted one."""
+  """(state, batch) -> (state, metrics), the metrics left on the device (the loop reads them at log steps).
+  Dropout keys derive from (seed, step), so a resumed run draws the same masks as an uninterrupted one."""
 
-  loss_kw = dict(key=key, pair_tasks=pair_tasks, loss_weights=loss_weights, widths=widths)
+  loss_kw = dict(key=key, pair_tasks=pair_tasks, loss_weights=loss_weights, widths=widths, tower_calls=tower_calls)
 
   def step_fn(state, batch):
     dropout_key = jax.random.fold_in(jax.random.key(seed), state["step"])
@@ -144,11 +148,12 @@ def make_grad_fn(
   param_shardings,
   batch_sharding,
   widths: tuple[int, ...] | None = None,
+  tower_calls: str = "auto",
 ) -> Callable:
   """(params, step, task_index, batch) -> (grads, (loss, accuracy)) of one task's weighted loss: the sequential
   layout's part. Its dropout key folds in the task's index, so the tasks of one step draw different masks."""
 
-  loss_kw = dict(key=key, pair_tasks=pair_tasks, loss_weights=loss_weights, widths=widths)
+  loss_kw = dict(key=key, pair_tasks=pair_tasks, loss_weights=loss_weights, widths=widths, tower_calls=tower_calls)
 
   def grad_fn(params, step, task_index, batch):
     dropout_key = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), step), task_index)
@@ -178,6 +183,18 @@ def make_apply_fn(tx: optax.GradientTransformation, *, state_shardings) -> Calla
 @functools.partial(jax.jit, donate_argnums=0)
 def add_grads(total, grads):
   return jax.tree.map(jnp.add, total, grads)
+
+
+@functools.partial(jax.jit, static_argnums=(4, 5))
+def all_tasks_metrics(losses, accuracy, grad_norm, weights, names: tuple[str, ...], order: tuple[int, ...]):
+  """The metrics of an all-tasks step, on the device: ``loss`` = sum_t w_t * loss_t, mean ``accuracy``, and each
+  task's ``<task>/loss`` and ``<task>/accuracy``. ``losses`` and ``accuracy``: per-task scalars or a vector;
+  entry ``order[i]`` is task ``names[i]``'s."""
+  losses, accuracy = jnp.stack(losses)[jnp.asarray(order)], jnp.stack(accuracy)[jnp.asarray(order)]
+  metrics = {"loss": jnp.sum(weights * losses), "grad_norm": grad_norm, "accuracy": jnp.mean(accuracy)}
+  for i, name in enumerate(names):
+    metrics[f"{name}/loss"], metrics[f"{name}/accuracy"] = losses[i], accuracy[i]
+  return metrics
 
 
 def global_batch(batch: dict[str, Any], sharding) -> dict[str, jax.Array]:

@@ -42,11 +42,12 @@ class _Tower:
 def test_matryoshka_pair_loss_is_the_mean_of_the_losses_at_each_renormalised_prefix():
   rng = np.random.default_rng(0)
   left, right = _unit(rng.normal(size=(6, 12))), _unit(rng.normal(size=(6, 12)))
+  ones = jnp.ones((6, 12), jnp.int32)  # ignored by the stand-in tower
   batch = {
     "left_ids": jnp.asarray(left),
-    "left_mask": None,
+    "left_mask": ones,
     "right_ids": jnp.asarray(right),
-    "right_mask": None,
+    "right_mask": ones,
     "label": jnp.asarray([1, 0, 1, 1, 0, 1], jnp.float32),
     "task_id": jnp.asarray([0, 0, 0, 1, 1, 1]),
   }
@@ -76,3 +77,80 @@ def test_matryoshka_widths_are_checked():
     heads.matryoshka_widths("0,8", 50)
   with pytest.raises(ValueError, match="'x' is not an integer width"):
     heads.matryoshka_widths("8,x", 50)
+
+
+def _tiny_tower(layout: str):
+  from flax import nnx
+
+  from postembed_jax.models.encoder import EncoderConfig, PostEncoder
+
+  cfg = EncoderConfig(
+    vocab_size=50,
+    hidden_size=16,
+    num_layers=2,
+    num_heads=2,
+    intermediate_size=32,
+    max_position_embeddings=40,
+    layout=layout,
+    pad_token_id=1 if layout == "roberta" else 0,
+  )
+  return PostEncoder(cfg, embed_dim=8, rngs=nnx.Rngs(0))
+
+
+def _pair_batch(rng, rows: int, left_length: int, right_length: int) -> dict:
+  """Rows of random real lengths (at least one token), padded to each side's length; two tasks."""
+  batch = {}
+  for side, length in (("left", left_length), ("right", right_length)):
+    real = rng.integers(1, length + 1, rows)
+    mask = (np.arange(length)[None] < real[:, None]).astype(np.int32)
+    batch[f"{side}_ids"] = jnp.asarray(rng.integers(2, 50, (rows, length)) * mask, jnp.int32)
+    batch[f"{side}_mask"] = jnp.asarray(mask)
+  batch["label"] = jnp.asarray(rng.integers(0, 2, rows), jnp.float32)
+  batch["task_id"] = jnp.asarray(np.arange(rows) % 2, jnp.int32)
+  return batch
+
+
+@pytest.mark.parametrize(
+  "layout,lengths", [("bert", (7, 13)), ("roberta", (13, 7)), ("bert", (9, 9))], ids=["bert", "roberta", "same_length"]
+)
+def test_one_tower_call_gives_the_loss_and_gradients_of_two(layout, lengths):
+  """Both sides stacked in one call (the shorter padded) against a call per side, without dropout: the same
+  per-row losses and the same gradients, up to float rounding."""
+  import jax
+  from flax import nnx
+
+  tower = _tiny_tower(layout)
+  pair_heads = {"a": heads.CosineBCEHead(), "b": heads.InfoNCEHead()}
+  graphdef, params = nnx.split((tower, pair_heads))
+  batch = _pair_batch(np.random.default_rng(1), 6, *lengths)
+
+  def loss(params, calls, dropout_key=None):
+    tower, pair_heads = nnx.merge(graphdef, params)
+    rngs = None if dropout_key is None else nnx.Rngs(dropout=dropout_key)
+    per_row = heads.pair_loss(tower, pair_heads, ["a", "b"], batch, rngs=rngs, tower_calls=calls, widths=(4, 8))
+    return jnp.mean(per_row[0]), per_row
+
+  value_and_grad = jax.jit(jax.value_and_grad(loss, has_aux=True), static_argnums=1)
+  (one, rows_one), grads_one = value_and_grad(params, "one")
+  (two, rows_two), grads_two = value_and_grad(params, "two")
+  for a, b in zip(rows_one, rows_two):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+  np.testing.assert_allclose(one, two, rtol=1e-6)
+  flat_one, flat_two = jax.tree.leaves(grads_one), jax.tree.leaves(grads_two)
+  assert len(flat_one) == len(flat_two) > 10
+  for a, b in zip(flat_one, flat_two):
+    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+  assert max(float(jnp.max(jnp.abs(g))) for g in flat_one) > 1e-3  # the gradients compared are not all zero
+  # With dropout the two draw different masks: one call still trains (finite loss and gradients).
+  (dropped, _), grads = value_and_grad(params, "one", jax.random.key(0))
+  assert np.isfinite(dropped) and all(bool(jnp.all(jnp.isfinite(g))) for g in jax.tree.leaves(grads))
+  assert not np.isclose(dropped, one)  # dropout was on
+
+
+def test_when_both_sides_take_one_tower_call():
+  assert heads.one_tower_call((4, 8), (4, 8)) and heads.one_tower_call((4, 8), (4, 16), "one")
+  assert not heads.one_tower_call((4, 8), (4, 16))  # auto on a CPU: padding would cost its share of compute
+  assert not heads.one_tower_call((4, 8), (3, 8), "one")  # rows differ
+  assert not heads.one_tower_call((4, 8), (4, 8), "two")
+  with pytest.raises(ValueError, match=r"config.pair_tower_calls='three'; choose one of \['auto', 'one', 'two'\]"):
+    heads.one_tower_call((4, 8), (4, 8), "three")

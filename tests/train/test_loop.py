@@ -115,7 +115,9 @@ def test_sigterm_saves_then_exits_preempted(train_cmd, tmp_path):
   ), last
 
 
-def test_non_finite_loss_names_step_and_task(train_cmd, tmp_path):
+def test_non_finite_loss_names_the_step_range_and_keeps_checkpoints_good(train_cmd, tmp_path):
+  """Metrics are read every 4 steps (and before each save, every 5): the error names the steps read together
+  and the first bad one, and no checkpoint holds a state from that step on."""
   result = train_cmd(
     tmp_path,
     *FAST,
@@ -124,14 +126,23 @@ def test_non_finite_loss_names_step_and_task(train_cmd, tmp_path):
     "--config.optim.warmup_steps=0",
     "--config.optim.clip_norm=1e30",
     "--config.dtype=bfloat16",
+    "--config.log_every_steps=4",
   )
   assert result.returncode == EXIT_USER_ERROR
   last = result.stderr.strip().splitlines()[-1]  # one line, no traceback
-  assert re.fullmatch(
-    rf"train\.py: error: Non-finite (loss|grad_norm|loss and grad_norm) at step \d+ on task '(search|storyline)' .*"
+  match = re.fullmatch(
+    r"train\.py: error: Non-finite (loss|grad_norm|loss and grad_norm) (between steps (\d+) and (\d+), first )?"
+    rf"at step (\d+) on task '(search|storyline)' .*"
     rf"The last good checkpoint is in {re.escape(str(tmp_path))}/checkpoints\.",
     last,
-  ), last
+  )
+  assert match, last
+  first_bad = int(match.group(5))
+  if match.group(2):
+    start, end = int(match.group(3)), int(match.group(4))
+    assert start <= first_bad <= end and (end % 4 == 0 or end % 5 == 0)  # a log step or a save
+  saved = [int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit()]
+  assert all(s < first_bad for s in saved), (saved, first_bad)
   assert "Traceback" not in result.stderr
 
 

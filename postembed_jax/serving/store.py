@@ -211,15 +211,24 @@ class PostStore:
     """Removes a post and leaves its tombstone (module docstring); returns its index key, None if there is none.
 
     ``log_seq`` is the deletion's position in an external log; without one it takes the store's next ``seq``.
+    With one, workers may apply a log out of order: a version stored from after the deletion stands, and a deletion
+    that overtakes the version it deletes still leaves its tombstone (keyed ``-log_seq``, no index key), so that
+    version is refused when it arrives.
     """
     with self._transaction() as db:
-      row = db.execute("SELECT key FROM posts WHERE id = ?", (post_id,)).fetchone()
-      if row is None:
+      row = db.execute("SELECT key, seq FROM posts WHERE id = ?", (post_id,)).fetchone()
+      if row is None and log_seq is not None:
+        db.execute(
+          "INSERT OR IGNORE INTO tombstones (key, id, seq, embed_seq, deleted_at) "
+          "VALUES (?, ?, ?, (SELECT embed_seq FROM counts), ?)",
+          (-log_seq, post_id, log_seq, time.time()),
+        )
+      if row is None or (log_seq is not None and row[1] > log_seq):
         return None
       seq, embed_seq = db.execute("SELECT seq, embed_seq + 1 FROM counts").fetchone()
       if log_seq is None:
         seq = log_seq = seq + 1
-      db.execute("DELETE FROM posts WHERE key = ?", row)
+      db.execute("DELETE FROM posts WHERE key = ?", (row[0],))
       db.execute(
         "INSERT INTO tombstones (key, id, seq, embed_seq, deleted_at) VALUES (?, ?, ?, ?, ?)",
         (row[0], post_id, log_seq, embed_seq, time.time()),
@@ -230,7 +239,7 @@ class PostStore:
   def deleted_since(self, embed_seq: int) -> np.ndarray:
     """Index keys of the posts deleted after ``embed_seq`` (a key is never reused, so order does not matter)."""
     with self._lock:
-      rows = self._db.execute("SELECT key FROM tombstones WHERE embed_seq > ?", (embed_seq,)).fetchall()
+      rows = self._db.execute("SELECT key FROM tombstones WHERE embed_seq > ? AND key > 0", (embed_seq,)).fetchall()
     return np.array([r[0] for r in rows], np.uint64)
 
   @staticmethod

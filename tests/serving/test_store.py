@@ -141,6 +141,21 @@ def test_a_replay_from_before_the_delete_does_not_resurrect(store):
   assert store.get("a")["text"] == "one"
 
 
+def test_log_deletions_applied_out_of_order(store):
+  """Broker workers may apply a deletion before the version it deletes, or after a later version: the deletion
+  overtaking its version still refuses that version, and a version published after the deletion stands."""
+  mark = store.last_embed_seq
+  assert store.delete("a", log_seq=7) is None  # nothing stored yet: only the tombstone
+  assert store.save_versions([Post("a", "one", log_seq=5)], [0.0], _vectors(1)) == ["deleted"]
+  assert store.get("a") is None and store.deleted_since(mark).tolist() == []  # no index key to remove
+  assert store.delete("a", log_seq=7) is None  # a redelivered deletion is harmless
+  assert store.save_versions([Post("a", "two", log_seq=9)], [0.0], _vectors(1)) == ["stored"]
+  assert store.delete("a", log_seq=8) is None and store.get("a")["text"] == "two"  # older than the stored version
+  key = store.get("a")["key"]
+  assert store.delete("a", log_seq=10) == key and store.get("a") is None
+  assert store.deleted_since(mark).tolist() == [key]
+
+
 def test_worker_result_for_a_deleted_post_is_not_stored(store):
   store.submit([Post("a", "one"), Post("b", "two")], max_queue=10)
   batch = store.next_batch(10)

@@ -36,7 +36,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.chunk_size = 4096  # posts held in memory at once
   config.dtype = "float32"  # or bfloat16
   config.mesh_data = -1  # devices each batch is split over (a data mesh; weights replicated): -1 = every local one
-  config.pack = True  # short posts share rows (block-diagonal attention): less padding, the same vectors within 1e-5
+  # short posts share rows (block-diagonal attention): less padding, the same vectors within 1e-5; off by default
+  # since it measured no faster on the idle 2-core CPU (benchmarks/results/embed_throughput.md)
+  config.pack = False
   config.skip_bad_lines = False  # malformed lines: counted and skipped instead of stopping the job
   config.skip_empty_texts = False  # empty / whitespace-only texts: skipped and counted instead of stopping the job
   # local: this process. Else a Beam runner (DirectRunner, FlinkRunner, SparkRunner, DataflowRunner, ...) with

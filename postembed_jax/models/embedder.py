@@ -13,6 +13,7 @@ from __future__ import annotations
 import bisect
 import concurrent.futures
 import dataclasses
+import itertools
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -81,6 +82,7 @@ class Embedder:
     self.mesh = mesh
     if mesh is not None and DATA_AXIS not in mesh.shape:
       raise ValueError(f"The embedder's mesh needs a {DATA_AXIS!r} axis; it has {tuple(mesh.shape)}.")
+    self._row_sharding = NamedSharding(mesh, P(DATA_AXIS)) if mesh is not None else None
     shards = mesh.shape[DATA_AXIS] if mesh is not None else 1
     # Three row counts: a partial batch pads to 1/8, 1/2 or all of batch_size, each a multiple of the data axis.
     # Every (rows, length) pair is a compilation, so fewer buckets compile faster; 1/8 keeps a lone near-line post
@@ -203,9 +205,8 @@ class Embedder:
   def _dispatch(self, batch: _Batch) -> jax.Array:
     """Starts the device work for ``batch`` and returns without waiting for it."""
     ids, mask = batch.ids, batch.mask
-    if self.mesh is not None:
-      rows = NamedSharding(self.mesh, P(DATA_AXIS))
-      ids, mask = jax.device_put(ids, rows), jax.device_put(mask, rows)
+    if self._row_sharding is not None:
+      ids, mask = jax.device_put((ids, mask), self._row_sharding)
     forward = self._forward if batch.slots is None else self._forward_packed
     return forward(self._state, ids, mask)
 
@@ -223,17 +224,13 @@ class Embedder:
     own_bar = bar is None and progress
     bar = tqdm(total=len(token_ids), unit="post", desc="embed") if own_bar else bar
     pending = None
-    for batch in self._batches(token_ids):
-      out = self._dispatch(batch)
+    for batch in itertools.chain(self._batches(token_ids), [None]):  # None: read the last one
+      out = self._dispatch(batch) if batch is not None else None
       if pending is not None:
         yield pending[0].positions, self._read(*pending)
         if bar is not None:
           bar.update(len(pending[0].positions))
-      pending = (batch, out)
-    if pending is not None:
-      yield pending[0].positions, self._read(*pending)
-      if bar is not None:
-        bar.update(len(pending[0].positions))
+      pending = (batch, out) if batch is not None else None
     if own_bar:
       bar.close()
 

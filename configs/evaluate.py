@@ -47,17 +47,19 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.seed = 0
 
   # `st_mtl:<model>`: the sentence-transformers multi-task peer (postembed_jax/evaluation/st_peer.py), trained once
-  # into <output_dir>/peers/ on the same tasks and pair budget as configs/mtl.py's main job.
+  # into <output_dir>/peers/ on the same tasks, pair budget, lengths and width as configs/mtl.py's main job: one
+  # batch of every task per step (round-robin) for as many steps.
+  main = training.main_job(training.training_config(",".join(training.PAIR_TASKS)))
   c.peer = ml_collections.ConfigDict()
-  c.peer.tasks = ",".join(training.PAIR_TASKS)
-  c.peer.steps = 600  # batches of each task (round-robin)
-  c.peer.batch_size = 32
-  c.peer.lr = 1e-4
-  c.peer.warmup_steps = 50
-  c.peer.max_length = 128
-  c.peer.embed_dim = 50
+  c.peer.tasks = main.data.tasks
+  c.peer.steps = main.total_steps  # batches of each task
+  c.peer.batch_size = main.data.batch_size
+  c.peer.lr = main.optim.lr
+  c.peer.warmup_steps = main.optim.warmup_steps
+  c.peer.max_length = main.data.max_length
+  c.peer.embed_dim = main.embed_dim
   c.peer.scale = 20.0  # MultipleNegativesRankingLoss's default
-  c.peer.seed = 0
+  c.peer.seed = main.seed
   if args.quick:
     c.evaluation.max_examples = 300
     c.evaluation.probe_train_examples = 1000

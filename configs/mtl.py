@@ -1,7 +1,8 @@
 """Multi-task training on the Debian corpus: `python launch/train.py --config configs/mtl.py[:quick]`.
 
-All training tasks share one tower (all-MiniLM-L6-v2 -> 50-d), the paper's BCE-on-cosine loss per pair task,
-temperature-balanced task sampling. `:quick` is the laptop / test variant.
+All training tasks share one tower (all-MiniLM-L6-v2 -> 50-d), the paper's BCE-on-cosine loss per pair task, every
+task in every step, the projection started from a PCA of the base model, the best validation checkpoint exported
+(train/config.py main_job). `:quick` is the laptop / test variant: 60 steps, one task per step, a random start.
 """
 
 from postembed_jax import config_args
@@ -15,4 +16,6 @@ def get_config(arg: str | None = None):
   config = common.training_config(",".join(common.PAIR_TASKS))
   if args.quick:
     common.quick(config)
+  else:
+    common.main_job(config)
   return config

@@ -14,4 +14,6 @@ def get_config(arg: str | None = None):
   config = common.training_config(args.task)
   if args.quick:
     common.quick(config)
+  else:
+    common.main_job(config)
   return config

@@ -47,6 +47,9 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   c.regimes = args.regime  # comma-separated: full | capped | scarce
   c.cap_examples = 1000  # capped: training examples of every task
   c.scarce_fraction = 0.05  # scarce: the share of the scarce task's training examples, in both arms
+  # scarce: > 0 keeps that many of the scarce task's training examples instead of a share. The default budget sets
+  # it: its runs draw 80 x 16 = 1,280 pairs per task, fewer than 5% of any task here, so a share would not be scarce.
+  c.scarce_examples = 0
   c.scarce_tasks = ""  # scarce: the tasks made scarce in turn ("" = every task)
   c.leave_one_out = False  # also train each "all tasks but one" model (full and capped regimes)
   c.lr_grid = "1e-4,3e-4"  # optim.lr candidates per arm; one value = no selection
@@ -80,6 +83,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     c.train.data.max_examples_per_task = 0  # every training pair
     c.train.eval.every_steps = c.train.checkpoint.every_steps = 20
     c.train.eval.max_examples = 100
+    c.scarce_examples = 128  # a tenth of the pairs a run draws per task: 10 passes over them in 80 steps
   elif budget == "quick":
     training.quick(c.train)
     c.tasks = c.train.data.tasks = "interest,search"

@@ -159,10 +159,17 @@ def run_overrides(config, run: Run) -> dict[str, Any]:
   if arm.regime == "capped":
     out["data.max_examples_per_task"] = int(config.cap_examples)
   if arm.regime == "scarce":
-    out["data.task_fractions"] = f"{arm.focus}={float(config.scarce_fraction):g}"
+    out["data.task_fractions"] = f"{arm.focus}={scarce_share(config)}"
   if arm.variant == "mtl" and config.affinity_every_steps:
     out["affinity_every_steps"] = int(config.affinity_every_steps)
   return out
+
+
+def scarce_share(config) -> str:
+  """The scarce task's share of its training examples (``scarce_fraction``), or their number where
+  ``scarce_examples`` is set: data.task_fractions' value."""
+  count = int(config.get("scarce_examples") or 0)
+  return str(count) if count else f"{float(config.scarce_fraction):g}"
 
 
 def run_config(config, run: Run) -> ml_collections.ConfigDict:
@@ -218,7 +225,12 @@ def describe(config) -> list[str]:
     lines.append(f"capped: every task at {config.cap_examples} training examples.")
   if "scarce" in as_list(config.regimes):
     lines.append(
-      f"scarce: for each task in turn, that task at {float(config.scarce_fraction):g} of its training "
-      "examples for both arms, the others full; MTL (all tasks) against STL, scored on that task."
+      f"scarce: for each of {', '.join(as_list(config.scarce_tasks) or as_list(config.tasks))} in turn, that task at "
+      + (
+        f"{int(config.scarce_examples)} training examples"
+        if config.get("scarce_examples")
+        else f"{float(config.scarce_fraction):g} of its training examples"
+      )
+      + " for both arms, the others full; MTL (all tasks) against STL, scored on that task."
     )
   return lines

@@ -261,7 +261,7 @@ def write_report(
     if regime == "scarce":
       lines += [
         "Each task's row: MTL on all tasks with that task scarce against STL on that task at the same "
-        "fraction, both scored on it.",
+        "share of its examples, both scored on it.",
         "",
       ]
     for name in dict.fromkeys(r["metric"] for r in table if r["regime"] == regime):

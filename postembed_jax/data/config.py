@@ -53,7 +53,7 @@ def default_data_config() -> ml_collections.ConfigDict:
       "neg_ratio": 1.0,
       "hard_negatives": False,
       "max_examples_per_task": 0,  # 0 = no cap
-      "task_fractions": ml_collections.config_dict.placeholder(str),  # "search=0.05": keep 5% of a task's examples
+      "task_fractions": ml_collections.config_dict.placeholder(str),  # "search=0.05": 5% of its examples; "=128": 128
     }
   )
 

@@ -39,9 +39,10 @@ def task_examples(task, split: str, config, *, seed: int) -> list[dict[str, Any]
   else:
     examples = task.examples(records, label_names(task, config))
   cap = int(config.get("max_examples_per_task") or 0)
-  fraction = task_fractions(config).get(task.name)
-  if fraction is not None:
-    cap = min(cap or len(examples), max(1, round(fraction * len(examples))))
+  share = task_fractions(config).get(task.name)
+  if share is not None:
+    kept = share if share > 1 else max(1, round(share * len(examples)))
+    cap = min(cap or len(examples), int(kept))
   if cap and len(examples) > cap:
     rng = np.random.default_rng([seed, zlib.crc32(task.name.encode()), 7])
     examples = [examples[i] for i in sorted(rng.permutation(len(examples))[:cap])]
@@ -72,17 +73,22 @@ def make_retrieval_examples(task_name: str, split: str, data_config=None) -> Ret
 
 
 def task_fractions(config) -> dict[str, float]:
-  """``config.task_fractions`` ("search=0.05,..."): the share of a task's examples kept, for scarce-data regimes."""
+  """``config.task_fractions`` ("search=0.05,interest=128"): per task, the share (0 < x <= 1) or the number (an
+  integer > 1) of its examples kept, for scarce-data regimes: a share of a large task can still be more pairs than a
+  short run draws, and a count makes the task scarce at any budget."""
   out = {}
   for item in as_list(config.get("task_fractions")):
     name, sep, value = item.partition("=")
     try:
-      fraction = float(value)
+      share = float(value)
     except ValueError:
-      fraction = -1.0
-    if not sep or not 0 < fraction <= 1:
-      raise ValueError(f'task_fractions entry {item!r} must look like "task=fraction" with 0 < fraction <= 1')
-    out[name.strip()] = fraction
+      share = -1.0
+    if not sep or share <= 0 or (share > 1 and share != int(share)):
+      raise ValueError(
+        f'task_fractions entry {item!r} must look like "task=share" with 0 < share <= 1, or "task=count" with an '
+        "integer count > 1"
+      )
+    out[name.strip()] = share
   return out
 
 

@@ -93,6 +93,10 @@ def test_runs_differ_from_the_training_config_only_by_their_overrides(tmp_path):
   assert scarce_mtl.checkpoint.best_metric == scarce_stl.checkpoint.best_metric == "val/search/pair_auc"
   assert scarce_mtl.data.task_mixing == "all_tasks_per_step"
   assert plan.eval_data_config(config, ("search",)).task_fractions is None  # scoring is the same for all runs
+  config.scarce_examples = 128  # a count instead of the share
+  assert plan.run_config(config, plan.Run(arms["scarce-search/mtl"], 1e-4, 0)).data.task_fractions == "search=128"
+  assert any("that task at 128 training examples" in line for line in plan.describe(config))
+  assert _config(tmp_path, "default").scarce_examples == 128  # the default budget's 1,280 pairs per task
 
 
 def test_selection_metric_is_configurable_and_checked(tmp_path):

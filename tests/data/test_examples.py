@@ -41,8 +41,11 @@ def test_task_fractions_make_one_task_scarce(data_config, changed, tokenizer):
     examples.make_eval_examples("interest", "train", scarce_cfg).examples
     == examples.make_eval_examples("interest", "train", data_config).examples
   )
-  with pytest.raises(ValueError, match=r'task_fractions entry .search=2. must look like "task=fraction"'):
-    examples.task_fractions(changed(data_config, task_fractions="search=2"))
+  counted = examples.make_eval_examples("search", "train", changed(scarce_cfg, task_fractions="search=7")).examples
+  assert len(counted) == 7 and all(e in full for e in counted)  # a count rather than a share
+  for bad in ("search=2.5", "search=0", "search=-1", "search"):
+    with pytest.raises(ValueError, match=r'task_fractions entry .search.*must look like "task=share"'):
+      examples.task_fractions(changed(data_config, task_fractions=bad))
   with pytest.raises(ValueError, match=r"task_fractions names \['hashtag'\], which are not among"):
     config_lib.resolve_training_tasks(changed(data_config, tasks="search", task_fractions="hashtag=0.5"))
   assert mixture.make_train_iterator(scarce_cfg, tokenizer, seed=0)  # trains

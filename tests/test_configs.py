@@ -33,13 +33,14 @@ def test_documented_spellings():
   quick_search = _load("stl.py:search,quick")
   assert _load("stl.py:search").data.tasks == quick_search.data.tasks == "search"
   assert _load("stl.py").data.tasks == "search"
-  assert (quick_search.total_steps, _load("stl.py:search").total_steps) == (60, 150)
+  assert (quick_search.total_steps, _load("stl.py:search").total_steps) == (60, 120)
   assert _load("stl.py:task=search,quick").to_dict() == quick_search.to_dict()
   assert _load("stl.py:quick,interest").data.tasks == "interest"
-  assert _load("mtl.py:quick").total_steps == 60 and _load("mtl.py").total_steps == 150
+  assert _load("mtl.py:quick").total_steps == 60 and _load("mtl.py").total_steps == 120
   main = _load("mtl.py")
   assert (main.data.task_mixing, main.projection_init) == ("all_tasks_per_step", "pca")
-  assert (_load("evaluate.py").peer.steps, _load("evaluate.py").peer.batch_size) == (150, 32)  # the main job's budget
+  assert _load("evaluate.py").peer.max_length == main.data.max_length == 64
+  assert (_load("evaluate.py").peer.steps, _load("evaluate.py").peer.batch_size) == (120, 32)  # the main job's budget
   assert (_load("serve.py:tiny").max_batch, _load("serve.py").max_batch) == (8, 32)
   assert _load("ablation.py:long").train.total_steps == 2000
   assert _load("ablation.py:budget=quick").to_dict() == _load("ablation.py:quick").to_dict()

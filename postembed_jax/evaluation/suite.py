@@ -98,6 +98,12 @@ def markdown_table(rows: Sequence[dict]) -> str:
   return "\n".join(lines) + "\n"
 
 
+def _write_atomically(path: Path, text: str) -> None:
+  partial = path.with_name(path.name + ".partial")
+  partial.write_text(text)
+  partial.replace(path)
+
+
 def run_suite(config) -> list[dict]:
   """Evaluates every model in ``config.model``, merges into ``config.output_dir``'s table, prints and returns it."""
   evaluators.check_names(config.evaluators)
@@ -109,8 +115,8 @@ def run_suite(config) -> list[dict]:
     row = evaluate_model(name, config)
     table[name] = row
     print(f"{name}: {row['dim']}-d, {row['seconds']} s")
+    _write_atomically(results_file, json.dumps(list(table.values()), indent=2))  # a killed suite keeps its models
   rows = list(table.values())
-  results_file.write_text(json.dumps(rows, indent=2))
   markdown = markdown_table(rows)
   (out_dir / RESULTS_MARKDOWN).write_text(markdown)
   print(markdown)

@@ -31,17 +31,15 @@ def test_launcher_exits_with_the_message():
 
 def test_ablation_variants_share_everything_but_their_budget():
   """The default ablation is the quick one's training setup at a larger budget; :long has the main job's batch
-  and lengths."""
+  and the full 128-token texts the main job cuts to 64 on a CPU."""
   default, quick, long = (
     config_overrides.load_config(str(REPO / f"configs/ablation.py{v}")) for v in ("", ":quick", ":long")
   )
   main_job = config_overrides.load_config(str(REPO / "configs/mtl.py"))
   assert (default.train.total_steps, quick.train.total_steps, long.train.total_steps) == (80, 40, 2000)
   assert default.train.data.max_length == quick.train.data.max_length == 64
-  assert (long.train.data.max_length, long.train.data.batch_size) == (
-    main_job.data.max_length,
-    main_job.data.batch_size,
-  )
+  assert (long.train.data.max_length, long.train.data.batch_size) == (128, main_job.data.batch_size)
+  assert main_job.data.max_length == 64
   assert len(default.tasks.split(",")) == 5 and len(default.seeds.split(",")) >= 3
 
 

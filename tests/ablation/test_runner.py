@@ -243,7 +243,8 @@ def test_sigterm_stops_every_worker_and_exits_preempted(tmp_path, tiny_model_dir
     deadline = time.monotonic() + 600
     # Both workers are training once each run has saved a step >= 2 (step 2 itself is soon rotated out).
     while sum(max(_saved_steps(run), default=0) >= 2 for run in tmp_path.glob("full/*/lr_*/seed_0")) < 2:
-      assert process.poll() is None and time.monotonic() < deadline, process.communicate()
+      assert process.poll() is None, process.communicate()
+      assert time.monotonic() < deadline, "the two workers did not both save a step within 600 s"
       time.sleep(1)
     process.send_signal(signal.SIGTERM)
     stdout, stderr = process.communicate(timeout=300)

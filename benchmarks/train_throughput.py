@@ -43,6 +43,7 @@ import numpy as np
 from benchmarks import common
 from benchmarks.torch_reference import TorchTrainer, calibrate_threads
 from postembed_jax import config_overrides
+from postembed_jax.data import tokenize
 from postembed_jax.train import setup
 from postembed_jax.train import step as step_lib
 
@@ -63,9 +64,23 @@ def load_config(spec: str = "configs/mtl.py"):
   return config
 
 
-def compile_key(batch: dict[str, Any]) -> tuple:
-  """What a compiled step is specialised to: its step key and the batch's array shapes."""
-  return (step_lib.step_key(batch),) + tuple(v.shape for _, v in sorted(batch.items()) if isinstance(v, np.ndarray))
+def step_arrays(config, batch: dict[str, Any]) -> dict[str, Any]:
+  """The arrays the step computes on (one device): the batch's, or its packed rows with ``config.pack_pairs``."""
+  return tokenize.pack_pair_batch(batch) if config.get("pack_pairs", False) else batch
+
+
+def compile_key(config, batch: dict[str, Any]) -> tuple:
+  """What a compiled step is specialised to: its step key and the shapes of the arrays it computes on."""
+  arrays = step_arrays(config, batch)
+  return (step_lib.step_key(batch),) + tuple(v.shape for _, v in sorted(arrays.items()) if isinstance(v, np.ndarray))
+
+
+def computed_positions(config, batch: dict[str, Any]) -> int:
+  """Token positions the step computes, padding included."""
+  arrays = step_arrays(config, batch)
+  if "packed_ids" in arrays:
+    return int(arrays["packed_ids"].size)
+  return int(arrays["left_ids"].size + arrays["right_ids"].size)
 
 
 def check_plan(plan: list[dict[str, Any]], batches: list[dict[str, Any]], tokenizer, max_length: int) -> None:
@@ -101,11 +116,11 @@ class StepLog:
   padded_tokens: int
 
 
-def _log(task, data_s, compute_s, label, left_mask, right_mask) -> StepLog:
+def _log(task, data_s, compute_s, label, left_mask, right_mask, positions: int | None = None) -> StepLog:
+  """``positions``: what the step computed, when not the masks' size (packed rows)."""
   left_mask, right_mask = np.asarray(left_mask), np.asarray(right_mask)
-  return StepLog(
-    task, data_s, compute_s, len(label), int(left_mask.sum() + right_mask.sum()), int(left_mask.size + right_mask.size)
-  )
+  positions = int(left_mask.size + right_mask.size) if positions is None else positions
+  return StepLog(task, data_s, compute_s, len(label), int(left_mask.sum() + right_mask.sum()), positions)
 
 
 def _summary(logs: list[StepLog]) -> dict[str, Any]:
@@ -210,12 +225,12 @@ def run_benchmark(
   cache_before = _cache_entries(cache_dir)
   shapes: dict[tuple, float] = {}
   for b in batches:
-    key = compile_key(b)
+    key = compile_key(config, b)
     if key not in shapes:
       t0 = time.perf_counter()
       ours.train_step(b)
       shapes[key] = time.perf_counter() - t0
-      log(f"  compiled {key[0]} {b['left_ids'].shape}+{b['right_ids'].shape} in {shapes[key]:.1f} s")
+      log(f"  compiled {key} in {shapes[key]:.1f} s")
   cache_added = _cache_entries(cache_dir) - cache_before if cache_dir else None
   t0 = time.perf_counter()
   thread_step_s = calibrate_threads(
@@ -247,10 +262,16 @@ def run_benchmark(
       assert batch["task"] == batches[s]["task"] and batch["left_ids"].shape == batches[s]["left_ids"].shape
       ours_logs.append(
         _log(
-          batch["task"], t1 - t0 + tokenise_share_s, t2 - t1, batch["label"], batch["left_mask"], batch["right_mask"]
+          batch["task"],
+          t1 - t0 + tokenise_share_s,
+          t2 - t1,
+          batch["label"],
+          batch["left_mask"],
+          batch["right_mask"],
+          computed_positions(config, batch),
         )
       )
-      compute_by_shape[compile_key(batch)].append(t2 - t1)
+      compute_by_shape[compile_key(config, batch)].append(t2 - t1)
     for s in span:
       task = batches[s]["task"]
       t0 = time.perf_counter()
@@ -294,6 +315,7 @@ def run_benchmark(
     "tasks": ours.task_names,
     "config_overrides": ONE_TASK_PER_STEP,
     "batch_size": int(config.data.batch_size),
+    "pack_pairs": bool(config.get("pack_pairs", False)),
     "max_length": int(config.data.max_length),
     "bucket_lengths": list(config.data.bucket_lengths),
     "shuffle_window": window,
@@ -404,6 +426,7 @@ def main(argv=None):
   parser.add_argument(
     "--control", type=int, default=1, help="per round, torch steps on our very batches (kernel-speed control); 0: none"
   )
+  parser.add_argument("--pack_pairs", type=int, default=0, help="1: config.pack_pairs (texts packed into rows)")
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--max_length", type=int, default=128)
   parser.add_argument(
@@ -422,6 +445,7 @@ def main(argv=None):
     config.compilation_cache_dir = args.compilation_cache_dir
   config.data.batch_size = args.batch_size
   config.data.max_length = args.max_length
+  config.pack_pairs = bool(args.pack_pairs)
   start = time.perf_counter()
   result = run_benchmark(
     config, rounds=args.rounds, steps=args.steps, control=args.control, torch_threads=args.torch_threads
@@ -442,6 +466,7 @@ def write(result: dict[str, Any], name: str = "train_throughput") -> None:
       f"speed-up (target {result['target']}x)",
       f"{result['speedup']:.2f}x (per round: {', '.join(f'{r:.2f}' for r in result['speedup_per_round'])})",
     ),
+    ("ours: pairs packed into shared rows (config.pack_pairs)", "yes" if result.get("pack_pairs") else "no"),
     ("timed steps per side", f"{o['steps']} x {result['batch_size']} pairs, {result['rounds']} interleaved rounds"),
     ("padding fraction ours / torch", f"{o['padding_fraction']:.3f} / {t['padding_fraction']:.3f}"),
     ("mean padded length ours / torch", f"{o['mean_padded_length']:.1f} / {t['mean_padded_length']:.1f}"),

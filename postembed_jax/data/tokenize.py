@@ -5,8 +5,9 @@ The rule: a group of token id lists is right-padded to the smallest bucket lengt
 (the largest bucket if none does, truncating), so jit sees a few shapes and little compute goes to padding. A
 bucket list always ends at max_length.
 
-Packing (inference): several short lists share one row of a bucket length, each marked by its segment id (0 =
-padding, k >= 1 = the row's k-th list), so the model attends within a segment and little compute goes to padding.
+Packing (inference, and training with ``config.pack_pairs``): several short lists share one row of a bucket
+length, each marked by its segment id (0 = padding, k >= 1 = the row's k-th list), so the model attends within a
+segment and little compute goes to padding.
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ def pack_rows(lengths: Sequence[int], row_length: int, max_segments: int) -> lis
   return rows
 
 
+def segments_per_row(row_length: int) -> int:
+  """The most lists a packed row of ``row_length`` holds: lists have at least 2 tokens (CLS, SEP), and 1/8 of the
+  row keeps segment pooling cheap. A function of the row length only, so a compiled step knows it from shapes."""
+  return max(1, row_length // 8)
+
+
 def pad_packed(
   token_id_lists: Sequence[Sequence[int]], rows: Sequence[Sequence[int]], row_length: int, pad_id: int, num_rows: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -81,6 +88,26 @@ def pad_packed(
       segments[r, start : start + len(t)] = k
       start += len(t)
   return ids, segments
+
+
+def pack_pair_batch(batch: dict, row_multiple: int = 8) -> dict:
+  """A padded pair batch with both sides' texts packed into rows as long as its longest side (``pad_packed``), the
+  row count rounded up to ``row_multiple`` so that steps see few shapes. ``left_ids``/``right_ids`` and their masks
+  become ``packed_ids`` and ``packed_segments`` [rows, length] and ``left_slot``/``right_slot`` [pairs]: where each
+  text's embedding sits in the row-major [rows * segments_per_row(length)] embeddings of the packed rows. Every
+  other field is kept."""
+  sides = [(batch[f"{side}_ids"], batch[f"{side}_mask"]) for side in ("left", "right")]
+  length = max(ids.shape[1] for ids, _ in sides)
+  texts = [row[:n] for ids, mask in sides for row, n in zip(ids, np.sum(mask > 0, axis=1))]
+  per_row = segments_per_row(length)
+  rows = pack_rows([len(t) for t in texts], length, per_row)
+  ids, segments = pad_packed(texts, rows, length, 0, -(-len(rows) // row_multiple) * row_multiple)
+  slot = np.empty(len(texts), np.int32)
+  for r, members in enumerate(rows):
+    slot[members] = r * per_row + np.arange(len(members))
+  pairs = sides[0][0].shape[0]
+  out = {k: v for k, v in batch.items() if k not in ("left_ids", "left_mask", "right_ids", "right_mask")}
+  return dict(out, packed_ids=ids, packed_segments=segments, left_slot=slot[:pairs], right_slot=slot[pairs:])
 
 
 class Vocab:

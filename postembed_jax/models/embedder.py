@@ -90,8 +90,7 @@ class Embedder:
     self._batch_buckets = tuple(sorted({-(-max(1, batch_size // d) // shards) * shards for d in (8, 2, 1)}))
     self.pack = pack
     self.pack_length = tokenize.bucket_for(min(pack_length, max_length), self.buckets)
-    # Segments per packed row: posts have at least 2 tokens (CLS, SEP); 1/8 of the row keeps pooling cheap.
-    self.max_segments = max(1, self.pack_length // 8)
+    self.max_segments = tokenize.segments_per_row(self.pack_length)
     graphdef, state = nnx.split(model)
     self.set_params(state)
 

@@ -318,8 +318,23 @@ def pool(states: jax.Array, attention_mask: jax.Array, pooling: str) -> jax.Arra
   raise ValueError(f"Unknown pooling {pooling!r}; choose one of {POOLINGS}.")
 
 
+def pool_segments(states: jax.Array, members: jax.Array, pooling: str) -> jax.Array:
+  """[rows, segments, hidden]: ``pool`` of each segment of a packed row (``members``: [rows, segments, length]),
+  the masked means as one batched matrix product (at full float32 precision on every backend) rather than a
+  masked copy of the states per segment, which training's backward pass would have to keep."""
+  if pooling == "cls":
+    return jnp.take_along_axis(states, jnp.argmax(members, axis=-1)[..., None], axis=1)
+  if pooling == "mean":
+    weights = members.astype(jnp.float32)
+    summed = jnp.einsum("rsl,rlh->rsh", weights, states.astype(jnp.float32), precision=jax.lax.Precision.HIGHEST)
+    return summed / jnp.maximum(jnp.sum(weights, axis=-1, keepdims=True), 1e-9)
+  raise ValueError(f"Unknown pooling {pooling!r}; choose one of {POOLINGS}.")
+
+
 def l2_normalize(x: jax.Array, eps: float = 1e-12) -> jax.Array:
-  return x / jnp.maximum(jnp.linalg.norm(x, axis=-1, keepdims=True), eps)
+  """x / max(|x|, eps), its gradient finite at x = 0 too (the norm's is not): absent segments of a packed row
+  are zero vectors, and a NaN there would reach every weight through the masked-out branch."""
+  return x / jnp.sqrt(jnp.maximum(jnp.sum(x * x, axis=-1, keepdims=True), eps * eps))
 
 
 class PostEncoder(nnx.Module):
@@ -362,5 +377,5 @@ class PostEncoder(nnx.Module):
     k-th post, 0 padding); each equals the post's embedding alone up to float rounding. Absent segments are 0."""
     states = self.encoder(input_ids, segment_ids, segmented=True, deterministic=deterministic, rngs=rngs)
     members = segment_ids[:, None, :] == jnp.arange(1, max_segments + 1, dtype=segment_ids.dtype)[None, :, None]
-    pooled = jax.vmap(lambda m: pool(states, m, self.pooling), in_axes=1, out_axes=1)(members)
-    return jnp.where(jnp.any(members, axis=-1)[..., None], self._head(pooled), 0.0)
+    embeddings = self._head(pool_segments(states, members, self.pooling))
+    return jnp.where(jnp.any(members, axis=-1)[..., None], embeddings, 0.0)

@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
+from postembed_jax.data import tokenize
 from postembed_jax.models.encoder import l2_normalize
 
 PAIR_LOSSES = ("bce", "infonce")
@@ -173,8 +174,15 @@ def one_tower_call(left_shape, right_shape, tower_calls: str = "auto") -> bool:
 def pair_embeddings(tower, batch: dict, *, rngs: nnx.Rngs | None, tower_calls: str = "auto"):
   """(left, right) embeddings of a pair batch. In one call the sides are stacked row-wise, the shorter padded with
   masked positions (ids 0), which no real token attends to and pooling skips: each row's embedding is the one
-  two calls give, up to float rounding; only dropout masks are drawn differently."""
+  two calls give, up to float rounding; only dropout masks are drawn differently. A packed batch
+  (``tokenize.pack_pair_batch``) is one call on its packed rows, each text's embedding read from its slot."""
   kw = dict(deterministic=rngs is None, rngs=rngs)
+  if "packed_ids" in batch:
+    ids = batch["packed_ids"]
+    per_row = tokenize.segments_per_row(ids.shape[1])
+    packed = tower.embed_segments(ids, batch["packed_segments"], max_segments=per_row, **kw)
+    flat = packed.reshape(-1, packed.shape[-1])
+    return flat[batch["left_slot"]], flat[batch["right_slot"]]
   left_ids, left_mask, right_ids, right_mask = (batch[k] for k in ("left_ids", "left_mask", "right_ids", "right_mask"))
   if not one_tower_call(left_ids.shape, right_ids.shape, tower_calls):
     return tower(left_ids, left_mask, **kw), tower(right_ids, right_mask, **kw)

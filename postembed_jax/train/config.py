@@ -41,6 +41,9 @@ def training_config(tasks: str) -> ml_collections.ConfigDict:
   # pair batches: both sides in "one" tower call (the shorter padded) or "two"; "auto": one on accelerators, and on
   # a CPU only when both sides have the same length (models/heads.py PAIR_TOWER_CALLS)
   c.pair_tower_calls = "auto"
+  # pair batches: both sides' texts packed into shared rows with segment-aware attention (data/tokenize.py
+  # pack_pair_batch), so little compute goes to padding; each example's loss is unchanged up to float rounding
+  c.pack_pairs = False
   c.seed = 0
   c.total_steps = 600
   c.init_checkpoint = config_dict.placeholder(str)  # see docs/training.md, "Where a run starts from"

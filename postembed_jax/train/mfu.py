@@ -61,7 +61,9 @@ def train_step_flops(cfg, batch_size: int, seq_lens: Sequence[int]) -> float:
 
 def batch_flops(cfg, arrays: Mapping[str, Any], tower_calls: str = "auto") -> float:
   """Model FLOPs of a training step on one batch (host or device arrays: only shapes are read): a pair batch in
-  one tower call or two as ``heads.pair_embeddings`` runs it, a classification batch in one."""
+  one tower call or two as ``heads.pair_embeddings`` runs it, a packed pair batch or a classification batch in one."""
+  if "packed_ids" in arrays:
+    return tower_flops(cfg, *arrays["packed_ids"].shape)
   if "left_ids" not in arrays:
     return tower_flops(cfg, *arrays["ids"].shape)
   left, right = arrays["left_ids"].shape, arrays["right_ids"].shape

@@ -9,6 +9,7 @@ from (a checkpoint to resume, a tower to warm-start from) is the loop's decision
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from jax.sharding import Mesh, NamedSharding
 from postembed_jax import compilation_cache
 from postembed_jax.data import config as data_config_lib
 from postembed_jax.data import examples as data_examples
-from postembed_jax.data import mixture
+from postembed_jax.data import mixture, tokenize
 from postembed_jax.evaluation import examples as eval_examples
 from postembed_jax.models import heads as heads_lib
 from postembed_jax.models import hf_io
@@ -105,8 +106,13 @@ class Trainer:
     return self._steps[key]
 
   def device_batch(self, batch: dict[str, Any]) -> dict[str, jax.Array]:
-    """This host's rows of a batch -> the global arrays the step takes (pair batches get their task ids)."""
-    return step_lib.global_batch(step_lib.with_task_ids(batch, self.pair_tasks), self.batch_sharding)
+    """This host's rows of a batch -> the global arrays the step takes (pair batches get their task ids, and with
+    ``config.pack_pairs`` their texts packed into rows, a multiple of 8 and of the data axis)."""
+    batch = step_lib.with_task_ids(batch, self.pair_tasks)
+    if self.config.get("pack_pairs", False) and "left_ids" in batch:
+      rows = math.lcm(8, sharding.data_parallel_size(self.mesh))
+      batch = tokenize.pack_pair_batch(batch, row_multiple=rows)
+    return step_lib.global_batch(batch, self.batch_sharding)
 
   def prepare(self, batch: dict[str, Any]) -> dict[str, Any]:
     """A host batch with what can be done before its step: its global device arrays (``"device"``; per task for
@@ -342,6 +348,20 @@ def pca_projection(config, model_dir: Path) -> dict[tuple[str, str], np.ndarray]
   return {("projection", "kernel"): pca.kernel, ("projection", "bias"): pca.bias}
 
 
+def check_pack_pairs(config, layout: str) -> None:
+  """``config.pack_pairs`` packs single-task (or mixed) pair batches on one process; the devices layout keeps each
+  task's rows on its own devices, which packing would mix, and hosts would have to agree on the packed shape."""
+  if not config.get("pack_pairs", False):
+    return
+  if config.data.get("task_mixing") == "all_tasks_per_step" and layout == "devices":
+    raise ValueError(
+      "config.pack_pairs=True with the devices layout (a data axis that is a multiple of the task count): "
+      "set config.pack_pairs=False, or use a mesh whose data axis is not a multiple of the tasks."
+    )
+  if jax.process_count() > 1:
+    raise ValueError(f"config.pack_pairs=True runs on one process; this run has {jax.process_count()}.")
+
+
 def _trainer(config, encoder_config, infos, *, workdir, tower_arrays=None, jit_init=True, **parts) -> Trainer:
   """The sharded model and optimizer state on the config's mesh, and the Trainer around them."""
   heads_lib.check_tower_calls(config.get("pair_tower_calls", "auto"))
@@ -353,8 +373,10 @@ def _trainer(config, encoder_config, infos, *, workdir, tower_arrays=None, jit_i
   tx, train_state, state_shardings = state_lib.init_train_state(config, params, param_shardings, mesh, rules)
   task_names = list(infos)
   all_pairs = all(infos[t].num_classes is None for t in task_names)
+  layout = step_lib.choose_layout(len(task_names), sharding.data_parallel_size(mesh), all_pairs)
+  check_pack_pairs(config, layout)
   return Trainer(
-    layout=step_lib.choose_layout(len(task_names), sharding.data_parallel_size(mesh), all_pairs),
+    layout=layout,
     config=config,
     mesh=mesh,
     rules=rules,

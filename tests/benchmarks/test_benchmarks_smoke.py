@@ -122,3 +122,16 @@ def test_gpu_mfu_runs_tiny_on_cpu(tmp_path, monkeypatch):
   assert row["tokens_per_s"] > 0 and row["achieved_tflops"] > 0 and np.isfinite(row["loss"])
   assert 0 < row["mfu"] < 1 and row["mfu"] == pytest.approx(row["achieved_tflops"] / 1.0)
   assert "MFU" in (tmp_path / "gpu_mfu.md").read_text()
+
+
+def test_packed_steps_are_counted_and_keyed_by_their_packed_rows():
+  import ml_collections
+
+  mask = (np.arange(32)[None] < np.arange(2, 18)[:, None] // 2).astype(np.int32)  # 16 texts of 1-8 tokens a side
+  batch = {"task": "search", "left_ids": mask * 7, "left_mask": mask, "right_ids": mask * 8, "right_mask": mask}
+  batch["label"] = np.ones(16, np.float32)
+  plain, packed = ml_collections.ConfigDict({"pack_pairs": False}), ml_collections.ConfigDict({"pack_pairs": True})
+  assert train_throughput.computed_positions(plain, batch) == 2 * 16 * 32
+  assert train_throughput.computed_positions(packed, batch) == 8 * 32  # 4 texts a row, rows a multiple of 8
+  assert train_throughput.compile_key(plain, batch) != train_throughput.compile_key(packed, batch)
+  assert train_throughput.compile_key(packed, batch)[0] == "pairs"

@@ -55,3 +55,28 @@ def test_pad_packed_writes_segments_back_to_back():
   np.testing.assert_array_equal(ids, [[5, 6, 7, 8, 0], [9, 9, 0, 0, 0], [0] * 5])
   np.testing.assert_array_equal(segments, [[1, 1, 1, 2, 0], [1, 1, 0, 0, 0], [0] * 5])
   assert ids.dtype == segments.dtype == np.int32
+
+
+def test_pack_pair_batch_puts_every_text_in_its_slot():
+  """Both sides' texts share rows of the longer side's length; each slot points at its own text's segment."""
+  rng = np.random.default_rng(0)
+  batch = {"task": "search", "label": np.arange(6, dtype=np.float32), "task_id": np.zeros(6, np.int32)}
+  texts = {}
+  for side, length in (("left", 12), ("right", 16)):
+    real = rng.integers(2, length + 1, 6)
+    batch[f"{side}_mask"] = (np.arange(length)[None] < real[:, None]).astype(np.int32)
+    batch[f"{side}_ids"] = rng.integers(3, 90, (6, length)).astype(np.int32) * batch[f"{side}_mask"]
+    texts[side] = [batch[f"{side}_ids"][i, :n] for i, n in enumerate(real)]
+  packed = tokenize.pack_pair_batch(batch, row_multiple=4)
+  assert {"left_ids", "left_mask", "right_ids", "right_mask"}.isdisjoint(packed)
+  assert packed["task"] == "search" and packed["label"] is batch["label"] and packed["task_id"] is batch["task_id"]
+  ids, segments = packed["packed_ids"], packed["packed_segments"]
+  per_row = tokenize.segments_per_row(16)
+  assert ids.shape[1] == 16 and ids.shape[0] % 4 == 0 and per_row == 2
+  real_tokens = sum(len(t) for side in texts.values() for t in side)
+  assert ids.shape[0] < 12 and np.sum(segments > 0) == real_tokens  # fewer rows than texts, no token lost
+  for side in ("left", "right"):
+    for text, slot in zip(texts[side], packed[f"{side}_slot"]):
+      row, segment = divmod(int(slot), per_row)
+      np.testing.assert_array_equal(ids[row][segments[row] == segment + 1], text)
+  assert len(set(packed["left_slot"]) | set(packed["right_slot"])) == 12

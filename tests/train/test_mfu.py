@@ -23,6 +23,8 @@ def test_batch_flops_follow_the_tower_calls():
   assert mfu.batch_flops(CFG, pairs, "two") == mfu.tower_flops(CFG, 4, 8) + mfu.tower_flops(CFG, 4, 16)
   assert mfu.batch_flops(CFG, pairs) == mfu.batch_flops(CFG, pairs, "two")  # auto on a CPU
   assert mfu.batch_flops(CFG, {"ids": np.zeros((4, 8))}) == mfu.tower_flops(CFG, 4, 8)
+  packed = {"packed_ids": np.zeros((3, 16)), "left_slot": np.zeros(4), "right_slot": np.zeros(4)}
+  assert mfu.batch_flops(CFG, packed, "two") == mfu.tower_flops(CFG, 3, 16)  # one call on the packed rows
 
 
 def test_peak_by_device_kind():

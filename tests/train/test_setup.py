@@ -108,6 +108,38 @@ def test_non_finite_loss_names_the_step_task_and_checkpoints(trainer, tmp_path):
     trainer.state, trainer.workdir = saved, None
 
 
+def test_packed_pairs_train_with_the_loss_of_unpacked(trainer):
+  """``config.pack_pairs``: the device batch is packed into fewer rows (a multiple of 8), its loss without
+  dropout is the unpacked one, and a step trains on it."""
+  from postembed_jax.train import step as step_lib
+
+  batch = next(trainer.train_iter)
+  unpacked = trainer.device_batch(batch)
+  trainer.config.pack_pairs = True
+  try:
+    packed = trainer.device_batch(batch)
+    metrics = trainer.train_step(batch)
+  finally:
+    trainer.config.pack_pairs = False
+  rows = packed["packed_ids"].shape[0]
+  assert "left_ids" not in packed and rows % 8 == 0 and rows <= 2 * batch["left_ids"].shape[0]
+  real = int(np.sum(batch["left_mask"]) + np.sum(batch["right_mask"]))
+  assert int(np.sum(np.asarray(packed["packed_segments"]) > 0)) == real
+  loss = lambda b: step_lib.model_loss(
+    trainer.graphdef, trainer.state["params"], b, key="pairs", pair_tasks=trainer.pair_tasks, loss_weights={}, rngs=None
+  )[1][0]
+  np.testing.assert_allclose(float(loss(packed)), float(loss(unpacked)), rtol=1e-5)
+  assert np.isfinite(metrics["loss"])
+
+
+def test_pack_pairs_is_refused_where_tasks_own_devices():
+  config = train_config.training_config("search,storyline")
+  config.pack_pairs, config.data.task_mixing = True, "all_tasks_per_step"
+  with pytest.raises(ValueError, match=r"config.pack_pairs=True with the devices layout"):
+    setup.check_pack_pairs(config, "devices")
+  setup.check_pack_pairs(config, "sequential")
+
+
 def test_build_rejects_an_unknown_dtype(tiny_model_dir, fixture_data_config):
   config = _config(tiny_model_dir, fixture_data_config)
   config.dtype = "float16"

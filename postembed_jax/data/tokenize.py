@@ -90,6 +90,14 @@ def pad_packed(
   return ids, segments
 
 
+def row_slots(rows: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+  """For the members of ``rows`` in row-major order: the row each sits in and its segment index within the row
+  (where ``embed_segments`` puts its embedding)."""
+  row_of = np.repeat(np.arange(len(rows)), [len(m) for m in rows])
+  slot_of = np.concatenate([np.arange(len(m)) for m in rows]) if len(rows) else np.zeros(0, np.int64)
+  return row_of, slot_of
+
+
 def pack_pair_batch(batch: dict, row_multiple: int = 8) -> dict:
   """A padded pair batch with both sides' texts packed into rows as long as its longest side (``pad_packed``), the
   row count rounded up to ``row_multiple`` so that steps see few shapes. ``left_ids``/``right_ids`` and their masks
@@ -102,9 +110,9 @@ def pack_pair_batch(batch: dict, row_multiple: int = 8) -> dict:
   per_row = segments_per_row(length)
   rows = pack_rows([len(t) for t in texts], length, per_row)
   ids, segments = pad_packed(texts, rows, length, 0, -(-len(rows) // row_multiple) * row_multiple)
+  row_of, slot_of = row_slots(rows)
   slot = np.empty(len(texts), np.int32)
-  for r, members in enumerate(rows):
-    slot[members] = r * per_row + np.arange(len(members))
+  slot[np.concatenate(rows)] = row_of * per_row + slot_of
   pairs = sides[0][0].shape[0]
   out = {k: v for k, v in batch.items() if k not in ("left_ids", "left_mask", "right_ids", "right_mask")}
   return dict(out, packed_ids=ids, packed_segments=segments, left_slot=slot[:pairs], right_slot=slot[pairs:])

@@ -181,9 +181,7 @@ class Embedder:
     """``rows`` (lists of post indices) packed into rows of ``length`` tokens."""
     ids, segments = tokenize.pad_packed(token_ids, rows, length, self.tokenizer.pad_token_id, self._rows_for(len(rows)))
     positions = np.asarray([i for members in rows for i in members], np.int64)
-    row_of = np.repeat(np.arange(len(rows)), [len(m) for m in rows])
-    slot_of = np.concatenate([np.arange(len(m)) for m in rows])
-    return _Batch(positions, ids, segments, (row_of, slot_of))
+    return _Batch(positions, ids, segments, tokenize.row_slots(rows))
 
   def _batches(self, token_ids: list[list[int]]) -> Iterator[_Batch]:
     """Sorted, bucketed batches; with ``pack``, posts up to ``pack_length`` tokens packed into rows as long as

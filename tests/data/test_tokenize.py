@@ -57,6 +57,13 @@ def test_pad_packed_writes_segments_back_to_back():
   assert ids.dtype == segments.dtype == np.int32
 
 
+def test_row_slots_name_each_members_row_and_segment():
+  row_of, slot_of = tokenize.row_slots([[4, 1, 2], [0], [3, 5]])
+  np.testing.assert_array_equal(row_of, [0, 0, 0, 1, 2, 2])
+  np.testing.assert_array_equal(slot_of, [0, 1, 2, 0, 0, 1])
+  assert [len(a) for a in tokenize.row_slots([])] == [0, 0]
+
+
 def test_pack_pair_batch_puts_every_text_in_its_slot():
   """Both sides' texts share rows of the longer side's length; each slot points at its own text's segment."""
   rng = np.random.default_rng(0)

@@ -199,10 +199,12 @@ def affinity_lines(
   rho = statistics.spearman([incoming[t] for t in shown], [transfer[t] for t in shown])
   lines += ["", "| task | mean affinity from the others | measured change MTL vs STL |", "|---|---|---|"]
   lines += [f"| {t} | {incoming[t]:.4f} | {100 * transfer[t]:+.2f}% |" for t in shown]
-  lines += [
-    "",
-    f"Spearman rank correlation of in-run affinity with measured transfer: {rho:.2f} (over {len(shown)} tasks).",
-  ]
+  verdict = (
+    f"{rho:.2f} (over {len(shown)} tasks)"
+    if np.isfinite(rho)
+    else f"not defined over {len(shown)} task(s) (it needs 3 or more with some spread)"
+  )
+  lines += ["", f"Spearman rank correlation of in-run affinity with measured transfer: {verdict}."]
   if loto is not None and all(t in labels for t in tasks):
     index = [labels.index(t) for t in tasks]
     off = ~np.eye(len(tasks), dtype=bool)

@@ -54,6 +54,7 @@ def test_write_report_with_every_section(tmp_path):
   assert "| full | pair_auc | 2 | " in text and "| full | triplet_accuracy | 1 | -14.08% | 0 | 0 | 1 | 0 |" in text
   assert "## Regime `full`" in text and "### triplet_accuracy" in text and "## Regime `scarce`" in text
   assert "| a | 0.9100 [" in text and "+12.35% * |" in text and "| better |" in text and "untested" in text
+  assert "measured transfer: not defined over 2 task(s) (it needs 3 or more with some spread)." in text
   assert "Mean over 3 logged steps" in text and f"| b | 0.0200 | {100 * (0.811 - 0.8) / 0.8:+.2f}% |" in text
   assert "| full | mtl | `val/mean_pair_auc` | 0.8000 (best 50 / 125) | 0.8500 (best 50 / 125) | 0.0003 |" in text
   assert "| full | stl-a | `val/a/pair_auc` | 0.9000 (best 50 / 125) | 0.7000 (best 50 / 125) | 0.0001 |" in text

@@ -2,7 +2,8 @@
 # Recipe choices of the main job, each measured on the VALIDATION split only (issue: the paper's protocol):
 # every task in every step, 5 pair tasks, 16 pairs per task and step, max length 64, at most 80 steps (the default ablation's
 # budget and learning rate), validation every 20 steps on 300 examples per task, on the real corpus.
-# Usage: bash docs/recipes/sweep.sh [variant ...]   (default: all); results: docs/recipes/results.md
+# Usage: bash docs/recipes/sweep.sh [variant ...]   (default: all). It prints a table of every variant in workdirs/recipes
+# and writes it to workdirs/recipes/table.md; docs/recipes/results.md is written by hand from it, with its reading.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 COMMON=(--config configs/mtl.py --config.data.task_mixing=all_tasks_per_step --config.data.batch_size=16
@@ -33,6 +34,6 @@ keys = sorted({k for _, _, v in rows for k in v if k.endswith(("pair_auc", "pair
 lines = ["| metric (validation) | " + " | ".join(n for n, _, _ in rows) + " |", "|---" * (len(rows) + 1) + "|",
          "| best step | " + " | ".join(str(s) for _, s, _ in rows) + " |"]
 lines += [f"| {k} | " + " | ".join(f"{v.get(k, float('nan')):.3f}" for _, _, v in rows) + " |" for k in keys]
-pathlib.Path("docs/recipes/results.md").write_text("\n".join(lines) + "\n")
+pathlib.Path("workdirs/recipes/table.md").write_text("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY

@@ -11,11 +11,11 @@ COMMON=(--config configs/mtl.py --config.data.task_mixing=all_tasks_per_step --c
         --config.optim.warmup_steps=8 --config.eval.every_steps=20 --config.eval.max_examples=300
         --config.eval.evaluators=pair_auc,hard_negatives --config.checkpoint.every_steps=20 --config.log_every_steps=10)
 declare -A VARIANT=(
-  [base]=""
+  [base]="--config.projection_init=random"   # the main job now starts from PCA; base is the recipe before it
   [pca_init]="--config.projection_init=pca"
-  [infonce]="--config.task_losses.search=infonce --config.task_losses.storyline=infonce --config.task_losses.translation=infonce"
-  [matryoshka]="--config.matryoshka_dims=16,32"
-  [initial_loss]="--config.task_weighting=initial_loss"
+  [infonce]="--config.projection_init=random --config.task_losses.search=infonce --config.task_losses.storyline=infonce --config.task_losses.translation=infonce"
+  [matryoshka]="--config.projection_init=pca --config.matryoshka_dims=16,32"     # on top of pca_init, as adopted
+  [initial_loss]="--config.projection_init=pca --config.task_weighting=initial_loss"
 )
 ORDER=(base pca_init infonce initial_loss matryoshka)
 for name in "${@:-${ORDER[@]}}"; do

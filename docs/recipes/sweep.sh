@@ -27,7 +27,7 @@ done
 python - <<'PY'
 import json, pathlib
 rows = []
-for d in sorted(pathlib.Path("workdirs/recipes").iterdir()):
+for d in sorted(p for p in pathlib.Path("workdirs/recipes").iterdir() if p.is_dir()):
   meta = json.loads((d / "export" / "postembed.json").read_text())
   rows.append((d.name, meta["step"], meta["validation"]))
 keys = sorted({k for _, _, v in rows for k in v if k.endswith(("pair_auc", "pair_auc_hard", "triplet_accuracy_hard"))})

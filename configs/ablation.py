@@ -18,8 +18,9 @@ marked as estimates:
            the exported checkpoint but cannot end a run before its last step). regime=full: 6 arms x (3 seeds + 1
            more grid rate) = 24 trainings: 4 MTL of 20-40 min (an all-tasks step of five 16-pair batches took
            8-15 s with two runs at once, up to 60 s while other jobs shared the cores), 20 STL of about 3.5 min;
-           the report has the wall time. capped: every task at 128 training examples (as scarce), 6 arms, the same
-           number of trainings; scarce: 10 arms, 40 trainings (20 MTL), an estimated 4-5 hours.
+           the report has the wall time. capped: every task at 128 training examples, the count scarce keeps, so
+           its STL arms are the scarce regime's STL runs, trained once (plan.Arm.runs_as); scarce: 10 arms, 40
+           trainings (20 MTL), an estimated 4-5 hours.
            (150 steps, the earlier default, measured 15 s per MTL step at once: about 2.6 hours, over the 90-minute
            budget this variant is sized for.)
   quick    tasks interest and search, 2 seeds, one learning rate, at most 40 steps: 6 trainings, about 12 min

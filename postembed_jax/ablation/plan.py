@@ -6,7 +6,8 @@ Arms. In each data regime (``regimes``): ``mtl`` (all tasks, ``data.task_mixing 
 sees as many examples of each task per step as each STL run), ``stl-<t>`` and optionally ``loto-<t>`` (all tasks but
 t). Regimes: ``full`` (the budget's data), ``capped`` (every task at ``cap_examples`` training examples) and
 ``scarce`` (for each task t in turn, t at ``scarce_fraction`` of its training examples, the others unchanged: MTL on
-all tasks against STL on t at the same fraction, both scored on t).
+all tasks against STL on t at the same fraction, both scored on t). Where ``cap_examples`` equals
+``scarce_examples`` a capped STL arm is the scarce STL arm of its task (the same examples), so its runs are shared.
 
 Phases. 1: each arm trains seed ``selection_seed`` at every learning rate of ``lr_grid``; the rate whose best
 validation value of the arm's selection metric is highest is chosen (the test split is not read). 2: every seed at
@@ -40,6 +41,7 @@ class Arm:
   tasks: tuple[str, ...]  # trained on
   eval_tasks: tuple[str, ...]  # scored on
   focus: str = ""
+  runs_as: Arm | None = None  # the arm whose runs this one's are, trained once (same task, data and settings)
 
   @property
   def label(self) -> str:
@@ -57,8 +59,13 @@ class Run:
   seed: int
 
   @property
+  def trained_arm(self) -> Arm:
+    """The arm this run is trained as: ``arm.runs_as`` where it shares another arm's runs."""
+    return self.arm.runs_as or self.arm
+
+  @property
   def name(self) -> str:
-    return f"{self.arm.key}/lr_{self.lr:g}/seed_{self.seed}"
+    return f"{self.trained_arm.key}/lr_{self.lr:g}/seed_{self.seed}"
 
   @property
   def cost(self) -> int:
@@ -101,10 +108,20 @@ def plan_arms(config) -> list[Arm]:
       arms += [Arm(regime, f"stl-{t}", (t,), (t,), focus=t) for t in focus]
       continue
     arms.append(Arm(regime, "mtl", tasks, tasks))
-    arms += [Arm(regime, f"stl-{t}", (t,), (t,)) for t in tasks]
+    arms += [Arm(regime, f"stl-{t}", (t,), (t,), runs_as=_scarce_twin(config, regime, t)) for t in tasks]
     if config.leave_one_out and len(tasks) > 2:
       arms += [Arm(regime, f"loto-{t}", tuple(x for x in tasks if x != t), tasks) for t in tasks]
   return arms
+
+
+def _scarce_twin(config, regime: str, task: str) -> Arm | None:
+  """The scarce STL arm of ``task`` where a capped STL arm is the same training: the scarce regime keeps
+  ``scarce_examples`` of the task, the capped one ``cap_examples``, and equal counts draw the same seeded subset
+  (data.examples.task_examples). Its runs are then trained once, under the scarce arm's name."""
+  count = int(config.get("scarce_examples") or 0)
+  if regime != "capped" or not count or count != int(config.cap_examples):
+    return None
+  return Arm("scarce", f"stl-{task}", (task,), (task,), focus=task)
 
 
 def selection_key(config, arm: Arm) -> str:
@@ -140,14 +157,15 @@ def final_runs(config, arm: Arm, lr: float) -> list[Run]:
 def count_runs(config) -> int:
   """Trainings in the whole plan: the selection runs plus every final run that is not a reused selection run."""
   arms, grid, seeds = plan_arms(config), lr_grid(config), seeds_of(config)
+  trained = len({(a.runs_as or a).key for a in arms})  # an arm sharing another's runs adds none
   if len(grid) == 1:
-    return len(arms) * len(seeds)
-  return len(arms) * (len(grid) + len(seeds) - (selection_seed(config) in seeds))
+    return trained * len(seeds)
+  return trained * (len(grid) + len(seeds) - (selection_seed(config) in seeds))
 
 
 def run_overrides(config, run: Run) -> dict[str, Any]:
   """The flattened training-config overrides of one run: all that differs between the runs of the ablation."""
-  arm = run.arm
+  arm = run.trained_arm
   out: dict[str, Any] = {
     "data.tasks": ",".join(arm.tasks),
     "seed": run.seed,

@@ -80,7 +80,7 @@ def _train(config, run: plan.Run, workdir: Path) -> dict:
       raise RuntimeError(f"Run {run.name} finished training without an export in {workdir / 'export'}.")
   key = plan.selection_key(config, run.arm)
   validation = meta.get("validation") or {}
-  arm = run.arm
+  arm = run.trained_arm
   record = {
     "name": run.name,
     "regime": arm.regime,
@@ -281,7 +281,8 @@ def _execute(config, pool, ready, records, scored, advance, arm_of, notice, pree
         f"{record['selection_value']:.4f} at step {record['best_step']}",
         flush=True,
       )
-      advance(arm_of[run.arm.key])
+      for arm in arm_of.values():  # every arm: one sharing this run's training (plan.Arm.runs_as) may now move on
+        advance(arm)
 
 
 def _write_selection(config, choices: dict[str, dict]) -> None:
@@ -295,13 +296,16 @@ def _write_selection(config, choices: dict[str, dict]) -> None:
 
 
 def _outcome(config, arms: list[plan.Arm], records: dict[str, dict], choices: dict[str, dict]) -> Outcome:
-  results, selection, runs = [], [], []
+  results, selection, runs, timed = [], [], [], set()
   for arm in arms:
     chosen = choices[arm.key]["lr"]
     picking, final = plan.selection_runs(config, [arm]), plan.final_runs(config, arm, chosen)
-    selection += [dict(records[r.name], chosen=r.lr == chosen) for r in picking]
-    results += [records[r.name] for r in final]
+    as_arm = {"regime": arm.regime, "focus": arm.focus, "variant": arm.variant}  # a shared run counts for both arms
+    selection += [dict(records[r.name], chosen=r.lr == chosen, **as_arm) for r in picking]
+    results += [dict(records[r.name], **as_arm) for r in final]
     for run in picking + [r for r in final if r not in picking]:
       phase = "selection+final" if run in picking and run in final else "selection" if run in picking else "final"
-      runs.append(dict(records[run.name], phase=phase))
+      if run.name not in timed:
+        timed.add(run.name)
+        runs.append(dict(records[run.name], phase=phase))
   return Outcome(results=results, selection=selection, runs=runs, choices=choices)

@@ -49,6 +49,21 @@ def test_plan_has_mtl_stl_and_optional_leave_one_out_per_regime(tmp_path):
     plan.plan_arms(_config(tmp_path, regimes="ful"))
 
 
+def test_capped_single_task_arms_share_the_scarce_runs_at_the_same_count(tmp_path):
+  config = _config(tmp_path, tasks="a,b", seeds="0,1", lr_grid="1e-4", regimes="capped,scarce", scarce_examples=300)
+  arms = {a.key: a for a in plan.plan_arms(config)}
+  capped, scarce = plan.Run(arms["capped/stl-b"], 1e-4, 1), plan.Run(arms["scarce-b/stl-b"], 1e-4, 1)
+  assert capped.name == scarce.name == "scarce-b/stl-b/lr_0.0001/seed_1"
+  assert plan.run_overrides(config, capped) == plan.run_overrides(config, scarce)
+  assert plan.Run(arms["capped/mtl"], 1e-4, 1).name == "capped/mtl/lr_0.0001/seed_1"  # MTL sees every task capped
+  assert plan.count_runs(config) == (1 + 2 + 2) * 2  # capped/mtl, scarce-a|b/mtl, scarce-a|b/stl
+  config.scarce_examples = 128  # another count: a different training, not shared
+  capped = plan.Run(plan.plan_arms(config)[2], 1e-4, 1)
+  assert capped.name == "capped/stl-b/lr_0.0001/seed_1"
+  assert plan.run_overrides(config, capped)["data.max_examples_per_task"] == 300
+  assert plan.count_runs(config) == (3 + 2 + 2) * 2
+
+
 def test_phases_reuse_the_selection_run_at_the_chosen_rate(tmp_path):
   config = _config(tmp_path, tasks="a,b", seeds="0,1,2", lr_grid="1e-4,3e-4")
   arm = plan.plan_arms(config)[0]

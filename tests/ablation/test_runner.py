@@ -126,6 +126,30 @@ def test_one_rate_means_no_selection_phase(tmp_path, fake_training):
   assert {r["phase"] for r in outcome.runs} == {"final"}
 
 
+def test_a_shared_run_is_trained_once_and_reported_for_both_arms(tmp_path, fake_training):
+  config = _config(
+    tmp_path,
+    tasks="interest,search",
+    seeds="0,1",
+    lr_grid="1e-4,3e-4",
+    regimes="capped,scarce",
+    scarce_tasks="search",
+    scarce_examples=300,
+  )
+  outcome = runner.run_ablation(config)
+  shared = [r for r in fake_training["train"] if r.startswith("scarce-search/stl-search")]
+  assert len(fake_training["train"]) == len(set(fake_training["train"])) == plan.count_runs(config)
+  assert shared == [
+    "scarce-search/stl-search/lr_0.0001/seed_0",
+    "scarce-search/stl-search/lr_0.0003/seed_0",
+    "scarce-search/stl-search/lr_0.0003/seed_1",
+  ]
+  assert outcome.choices["capped/stl-search"]["lr"] == outcome.choices["scarce-search/stl-search"]["lr"] == 3e-4
+  both = [(r["regime"], r["focus"], r["seed"]) for r in outcome.results if r["variant"] == "stl-search"]
+  assert both == [("capped", "", 0), ("capped", "", 1), ("scarce", "search", 0), ("scarce", "search", 1)]
+  assert len(outcome.runs) == len(fake_training["train"])  # timings count each training once
+
+
 def test_unknown_evaluator_fails_before_any_training(tmp_path, fake_training):
   with pytest.raises(ValueError, match="valid evaluators"):
     runner.run_ablation(_config(tmp_path, evaluators="pair_acu"))

@@ -43,6 +43,10 @@ def test_task_fractions_make_one_task_scarce(data_config, changed, tokenizer):
   )
   counted = examples.make_eval_examples("search", "train", changed(scarce_cfg, task_fractions="search=7")).examples
   assert len(counted) == 7 and all(e in full for e in counted)  # a count rather than a share
+  # The ablation trains a capped single-task arm once with the scarce arm at the same count (plan._scarce_twin).
+  assert (
+    counted == examples.make_eval_examples("search", "train", changed(data_config, max_examples_per_task=7)).examples
+  )
   for bad in ("search=2.5", "search=0", "search=-1", "search"):
     with pytest.raises(ValueError, match=r'task_fractions entry .search.*must look like "task=share"'):
       examples.task_fractions(changed(data_config, task_fractions=bad))

@@ -5,7 +5,8 @@ every task per step, `data.task_mixing="all_tasks_per_step"`) against one single
 same maximum steps and per-task batch size, every run early-stopped on validation and exported at its best
 validation checkpoint, each arm's learning rate chosen on validation from `lr_grid` (seed `selection_seed`), then
 every seed at the chosen rate scored once on the test split. Runs live in
-`<workdir>/<regime>/<arm>/lr_<lr>/seed_<s>`; re-running the command skips finished runs and resumes killed ones.
+`<workdir>/<regime>/<arm>/lr_<lr>/seed_<s>` (a capped STL arm sharing a scarce one's runs: `scarce-<t>/stl-<t>`);
+re-running the command skips finished runs and resumes killed ones.
 Own data (docs/own_data.md): `--config.train.data.source=files --config.train.data.files=a=PATH,b=PATH
 --config.tasks=a,b` (each run's data config is `train.data`; `tasks` are the tasks compared).
 
@@ -19,8 +20,8 @@ marked as estimates:
            more grid rate) = 24 trainings: 4 MTL of 20-40 min (an all-tasks step of five 16-pair batches took
            8-15 s with two runs at once, up to 60 s while other jobs shared the cores), 20 STL of about 3.5 min;
            the report has the wall time. capped: every task at 128 training examples, the count scarce keeps, so
-           its STL arms are the scarce regime's STL runs, trained once (plan.Arm.runs_as); scarce: 10 arms, 40
-           trainings (20 MTL), an estimated 4-5 hours.
+           its STL arms are the scarce regime's STL runs, trained once (plan.Arm.runs_as): 24 trainings alone, 44 with
+           scarce; scarce: 10 arms, 40 trainings (20 MTL), an estimated 4-5 hours.
            (150 steps, the earlier default, measured 15 s per MTL step at once: about 2.6 hours, over the 90-minute
            budget this variant is sized for.)
   quick    tasks interest and search, 2 seeds, one learning rate, at most 40 steps: 6 trainings, about 12 min

@@ -117,9 +117,14 @@ def plan_arms(config) -> list[Arm]:
 def _scarce_twin(config, regime: str, task: str) -> Arm | None:
   """The scarce STL arm of ``task`` where a capped STL arm is the same training: the scarce regime keeps
   ``scarce_examples`` of the task, the capped one ``cap_examples``, and equal counts draw the same seeded subset
-  (data.examples.task_examples). Its runs are then trained once, under the scarce arm's name."""
-  count = int(config.get("scarce_examples") or 0)
-  if regime != "capped" or not count or count != int(config.cap_examples):
+  (data.examples.task_examples). Its runs are then trained once, under the scarce arm's name. Not where the two
+  would read other data: a base cap below the count (the scarce arm keeps it) or base ``task_fractions`` (the capped
+  arm keeps them); a count of 1 is a share (all examples) in ``task_fractions``."""
+  count, data = int(config.get("scarce_examples") or 0), config.train.data
+  base_cap = int(data.get("max_examples_per_task") or 0)
+  if regime != "capped" or count <= 1 or count != int(config.cap_examples):
+    return None
+  if 0 < base_cap < count or data.get("task_fractions"):
     return None
   return Arm("scarce", f"stl-{task}", (task,), (task,), focus=task)
 

@@ -57,6 +57,9 @@ def test_capped_single_task_arms_share_the_scarce_runs_at_the_same_count(tmp_pat
   assert plan.run_overrides(config, capped) == plan.run_overrides(config, scarce)
   assert plan.Run(arms["capped/mtl"], 1e-4, 1).name == "capped/mtl/lr_0.0001/seed_1"  # MTL sees every task capped
   assert plan.count_runs(config) == (1 + 2 + 2) * 2  # capped/mtl, scarce-a|b/mtl, scarce-a|b/stl
+  config.train.data.max_examples_per_task = 200  # the scarce arm would keep this base cap: 200, not 300
+  assert plan.Run(plan.plan_arms(config)[2], 1e-4, 1).name == "capped/stl-b/lr_0.0001/seed_1"
+  config.train.data.max_examples_per_task = 0
   config.scarce_examples = 128  # another count: a different training, not shared
   capped = plan.Run(plan.plan_arms(config)[2], 1e-4, 1)
   assert capped.name == "capped/stl-b/lr_0.0001/seed_1"

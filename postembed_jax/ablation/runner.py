@@ -68,17 +68,18 @@ def _steps_trained(workdir: Path) -> int:
 
 
 def _train(config, run: plan.Run, workdir: Path) -> dict:
-  """Trains (or resumes) one run unless its export exists; writes and returns its training record."""
+  """Trains (or resumes) one run unless its export is final; writes and returns its training record."""
   from postembed_jax.train.loop import train_and_evaluate
 
   train = plan.run_config(config, run)
   start = time.perf_counter()
   meta = _read_json(workdir / EXPORT_META)
-  if meta is None:  # an export is written only by a finished run: do not train it again
+  # A best-so-far export is written mid-run; only a finished run marks it final, so a killed one is resumed.
+  if not (meta or {}).get("final"):
     train_and_evaluate(train, workdir)
     meta = _read_json(workdir / EXPORT_META)
-    if meta is None:
-      raise RuntimeError(f"Run {run.name} finished training without an export in {workdir / 'export'}.")
+    if not (meta or {}).get("final"):
+      raise RuntimeError(f"Run {run.name} finished training without a final export in {workdir / 'export'}.")
   key = plan.selection_key(config, run.arm)
   validation = meta.get("validation") or {}
   arm = run.trained_arm

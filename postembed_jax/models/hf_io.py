@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -189,6 +190,14 @@ def assign_arrays(model: nnx.Module, arrays: dict[tuple[Any, ...], Any], prefix:
   for path, value in arrays.items():
     var = flat[prefix + path]
     var.set_value(jnp.asarray(value, var.get_value().dtype))
+
+
+def update_export_metadata(model_dir: str | Path, **fields: Any) -> None:
+  """Adds ``fields`` to an export's postembed.json in one rename, so a reader sees the old file or the new one."""
+  path = Path(model_dir) / EXPORT_META
+  tmp = path.with_name(path.name + ".tmp")
+  tmp.write_text(json.dumps(json.loads(path.read_text()) | fields, indent=2, default=str))
+  os.replace(tmp, path)
 
 
 def read_tower_settings(model_dir: Path) -> TowerSettings:

@@ -325,7 +325,7 @@ def _train_and_evaluate(config, workdir: Path, watch: preemption.PreemptionWatch
         )
         stop_now = tracker.update(step, val_metrics)
         if tracker.best_step == step and config.export_checkpoint == "best" and config.export and is_main:
-          export(config, graphdef, trainer.state["params"], trainer.tokenizer, workdir, val_metrics, step)
+          export(config, graphdef, trainer.state["params"], trainer.tokenizer, workdir, val_metrics, step, final=False)
         if stop_now:
           bar.write(
             f"Early stopping at step {step}: {tracker.metric} has not improved for {tracker.since_best} "
@@ -368,8 +368,10 @@ def _train_and_evaluate(config, workdir: Path, watch: preemption.PreemptionWatch
     )
   if finished and config.export_checkpoint == "best" and tracker.best_step > 0:
     val_metrics = tracker.best_metrics  # its export was written when it was evaluated
+    if config.export and is_main:  # the run is over, so the best so far is the run's best
+      hf_io.update_export_metadata(workdir / "export", final=True)
   elif finished and config.export and is_main:
-    export(config, graphdef, trainer.state["params"], trainer.tokenizer, workdir, val_metrics, step)
+    export(config, graphdef, trainer.state["params"], trainer.tokenizer, workdir, val_metrics, step, final=True)
   return val_metrics
 
 
@@ -391,9 +393,12 @@ def _finite(metrics: dict[str, float]) -> dict[str, float]:
   return {k: v for k, v in metrics.items() if np.isfinite(v)}
 
 
-def export(config, graphdef, params, tokenizer, workdir: Path, val_metrics: dict[str, float], step: int) -> Path:
+def export(
+  config, graphdef, params, tokenizer, workdir: Path, val_metrics: dict[str, float], step: int, *, final: bool
+) -> Path:
   """``<workdir>/export``: loadable by Embedder.from_pretrained and by SentenceTransformer(path) alike;
-  ``<workdir>/export_st`` points at the same directory for users who look for the sentence-transformers name."""
+  ``<workdir>/export_st`` points at the same directory for users who look for the sentence-transformers name.
+  ``final`` (in postembed.json) says the run has finished: a best-so-far export is written mid-run."""
   tower = nnx.merge(graphdef, jax.device_get(params)).tower
   settings = hf_io.TowerSettings(
     pooling=config.pooling, normalize=config.normalize, embed_dim=config.embed_dim, max_length=config.data.max_length
@@ -407,6 +412,7 @@ def export(config, graphdef, params, tokenizer, workdir: Path, val_metrics: dict
     workdir / "export",
     metadata={
       "step": step,
+      "final": final,
       "validation": val_metrics,
       "config": json.loads(config.to_json_best_effort()),
       "matryoshka_widths": list(widths) if widths else None,

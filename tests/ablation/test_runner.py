@@ -39,8 +39,9 @@ def fake_training(monkeypatch, tmp_path):
     value = VALIDATION[(config.data.tasks, config.optim.lr)]
     tasks = config.data.tasks.split(",")
     validation = {f"val/{t}/pair_auc": value for t in tasks} | {"val/mean_pair_auc": value}
-    (Path(workdir) / "export").mkdir()
-    (Path(workdir) / "export/postembed.json").write_text(json.dumps({"step": 20, "validation": validation}))
+    (Path(workdir) / "export").mkdir(exist_ok=True)  # a resumed run has its best-so-far export
+    meta = {"step": 20, "final": True, "validation": validation}
+    (Path(workdir) / "export/postembed.json").write_text(json.dumps(meta))
     (Path(workdir) / "metrics.jsonl").write_text(json.dumps({"step": 30, "train/loss": 1.0}) + "\n")
     return validation
 
@@ -111,6 +112,14 @@ def test_finished_runs_are_skipped_and_unfinished_ones_rerun_in_place(tmp_path, 
   for name in (runner.RESULT_FILE, runner.TRAIN_FILE, "export/postembed.json"):  # killed while training
     (run / name).unlink()
   (run / "export").rmdir()
+  runner.run_ablation(config)
+  assert fake_training["train"] == ["full/stl-interest/lr_0.0001/seed_1"]
+  fake_training["train"].clear()
+  # Killed mid-run after a best-so-far export (not final): resumed in place, never scored as it stands.
+  (run / runner.RESULT_FILE).unlink()
+  (run / runner.TRAIN_FILE).unlink()
+  meta = json.loads((run / "export/postembed.json").read_text())
+  (run / "export/postembed.json").write_text(json.dumps(dict(meta, final=False)))
   runner.run_ablation(config)
   assert fake_training["train"] == ["full/stl-interest/lr_0.0001/seed_1"]
   fake_training["train"].clear()
@@ -284,3 +293,5 @@ def test_sigterm_stops_every_worker_and_exits_preempted(tmp_path, tiny_model_dir
   for run in tmp_path.glob("full/*/lr_*/seed_0"):
     assert not (run / "train.json").exists()  # stopped, not finished
     assert _saved_steps(run)[-1] >= 2
+    # Its best-so-far export (validation at step 2) is not final, so running the command again resumes it.
+    assert json.loads((run / "export/postembed.json").read_text())["final"] is False

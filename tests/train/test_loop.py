@@ -216,7 +216,7 @@ def test_early_stopping_exports_the_best_checkpoint_and_stays_stopped(train_cmd,
   val = {r["step"]: r["val/mean_pair_auc"] for r in records if "val/mean_pair_auc" in r and r["step"] > 0}
   best = max(s for s in val if val[s] == max(val.values()))
   meta = json.loads((tmp_path / "export" / "postembed.json").read_text())
-  assert meta["step"] == best
+  assert meta["step"] == best and meta["final"] is True
   assert meta["validation"]["val/mean_pair_auc"] == val[best]
   # Running the command again trains no further: the stopped run's checkpoint says so.
   again = _ok(train_cmd(tmp_path, *args))

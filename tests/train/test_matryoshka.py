@@ -66,7 +66,7 @@ def test_matryoshka_trains_and_one_export_serves_each_width(no_dropout_model_dir
   losses += [trainer.train_step(next(trainer.train_iter))["loss"] for _ in range(3)]
   assert np.all(np.isfinite(losses)), losses
 
-  loop.export(config, trainer.graphdef, trainer.state["params"], trainer.tokenizer, tmp_path, {}, step=4)
+  loop.export(config, trainer.graphdef, trainer.state["params"], trainer.tokenizer, tmp_path, {}, step=4, final=True)
   meta = json.loads((tmp_path / "export" / "postembed.json").read_text())
   assert meta["matryoshka_widths"] == [4, 8, 16] and meta["config"]["matryoshka_dims"] == "4,8"
 

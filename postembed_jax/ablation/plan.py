@@ -44,6 +44,11 @@ class Arm:
   runs_as: Arm | None = None  # the arm whose runs this one's are, trained once (same task, data and settings)
 
   @property
+  def trained_as(self) -> Arm:
+    """The arm whose runs this one's are: ``runs_as``, else itself."""
+    return self.runs_as or self
+
+  @property
   def label(self) -> str:
     return f"{self.regime}-{self.focus}" if self.focus else self.regime
 
@@ -60,8 +65,7 @@ class Run:
 
   @property
   def trained_arm(self) -> Arm:
-    """The arm this run is trained as: ``arm.runs_as`` where it shares another arm's runs."""
-    return self.arm.runs_as or self.arm
+    return self.arm.trained_as
 
   @property
   def name(self) -> str:
@@ -122,9 +126,8 @@ def _scarce_twin(config, regime: str, task: str) -> Arm | None:
   arm keeps them); a count of 1 is a share (all examples) in ``task_fractions``."""
   count, data = int(config.get("scarce_examples") or 0), config.train.data
   base_cap = int(data.get("max_examples_per_task") or 0)
-  if regime != "capped" or count <= 1 or count != int(config.cap_examples):
-    return None
-  if 0 < base_cap < count or data.get("task_fractions"):
+  same_data = count > 1 and count == int(config.cap_examples) and not 0 < base_cap < count
+  if regime != "capped" or not same_data or data.get("task_fractions"):
     return None
   return Arm("scarce", f"stl-{task}", (task,), (task,), focus=task)
 
@@ -162,7 +165,7 @@ def final_runs(config, arm: Arm, lr: float) -> list[Run]:
 def count_runs(config) -> int:
   """Trainings in the whole plan: the selection runs plus every final run that is not a reused selection run."""
   arms, grid, seeds = plan_arms(config), lr_grid(config), seeds_of(config)
-  trained = len({(a.runs_as or a).key for a in arms})  # an arm sharing another's runs adds none
+  trained = len({a.trained_as.key for a in arms})  # an arm sharing another's runs adds none
   if len(grid) == 1:
     return trained * len(seeds)
   return trained * (len(grid) + len(seeds) - (selection_seed(config) in seeds))

@@ -3,9 +3,9 @@ processes, phase 2 of an arm as soon as its learning rate is chosen.
 
 Each run is the training config plus a few ml_collections overrides (``plan.run_overrides``), trained in
 ``<workdir>/<regime>/<arm>/lr_<lr>/seed_<s>`` (the arm it is trained as: ``plan.Run.trained_arm``) by
-``train_and_evaluate``. A trained run has ``train.json``, a
-scored one ``result.json``; both are skipped when present, and a killed run resumes from its checkpoint. Runs go one
-after another, or to ``workers`` processes at once, longest first.
+``train_and_evaluate``. A trained run has ``train.json``, a scored one ``result.json``; both are skipped when
+present, and a killed run resumes from its checkpoint. Runs go one after another, or to ``workers`` processes at
+once, longest first.
 
 A SIGTERM to the ablation (a scheduler's preemption notice) stops it as it stops one training run: every run in
 training saves and stops, no new run starts, and the ablation raises ``launching.Preempted``; the same command

@@ -20,8 +20,9 @@ marked as estimates:
            more grid rate) = 24 trainings: 4 MTL of 20-40 min (an all-tasks step of five 16-pair batches took
            8-15 s with two runs at once, up to 60 s while other jobs shared the cores), 20 STL of about 3.5 min;
            the report has the wall time. capped: every task at 128 training examples, the count scarce keeps, so
-           its STL arms are the scarce regime's STL runs, trained once (plan.Arm.runs_as): 24 trainings alone, 44 with
-           scarce; scarce: 10 arms, 40 trainings (20 MTL), an estimated 4-5 hours.
+           its STL arms are the scarce regime's STL runs, trained once (plan.Arm.runs_as): 24 trainings alone (18 at
+           one learning rate: 47.2 min, docs/ablation_capped/), 44 with scarce; scarce: 10 arms, 40 trainings (20
+           MTL); at one learning rate each scarce task took 67-94 min (docs/ablation_scarce_<task>/).
            (150 steps, the earlier default, measured 15 s per MTL step at once: about 2.6 hours, over the 90-minute
            budget this variant is sized for.)
   quick    tasks interest and search, 2 seeds, one learning rate, at most 40 steps: 6 trainings, about 12 min

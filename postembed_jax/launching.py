@@ -14,6 +14,9 @@ exit status that says what kind of end it was, and ``--verbose`` prints the full
   75  ``EXIT_PREEMPTED`` (EX_TEMPFAIL, "try again"): SIGTERM stopped a training run after it saved (``Preempted``);
       the same command resumes it
 
+Before anything else, ``run`` sets the malloc settings of ``host_malloc`` (XLA:CPU's step buffers reused rather
+than faulted in again at every step), while no JAX computation has run yet.
+
 Top-level helper: imports no layer of the package, so the training loop can raise ``Preempted`` from below.
 """
 
@@ -25,6 +28,8 @@ import traceback
 from pathlib import Path
 
 from absl import app, flags
+
+from postembed_jax import host_malloc
 
 flags.disclaim_key_flags()  # --verbose belongs to the launcher that calls run(), so its --help lists it
 
@@ -46,6 +51,7 @@ class Preempted(Exception):
 
 def run(main) -> None:
   """``app.run(main)`` with the exits above and a ``--verbose`` flag."""
+  host_malloc.keep_freed_memory()
   if "verbose" not in flags.FLAGS:
     flags.DEFINE_boolean("verbose", False, "On an error, print the full traceback before the one-line message.")
   app.run(lambda argv: _run_main(main, argv))

@@ -11,6 +11,13 @@ FIXTURES = Path(__file__).parent / "fixtures"
 DEBIAN_FIXTURE = FIXTURES / "debian"  # a small real subset of the bookworm indexes, with its Release file
 
 
+def pytest_configure(config):
+  """The malloc settings a launcher runs under (launching.run), set before any test's first JAX computation."""
+  from postembed_jax import host_malloc
+
+  host_malloc.keep_freed_memory()
+
+
 @pytest.fixture(scope="session")
 def fixture_data_config(tmp_path_factory):
   """The default data config reading DEBIAN_FIXTURE instead of a mirror, into a session-wide TFDS dir."""

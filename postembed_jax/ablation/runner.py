@@ -29,7 +29,7 @@ from pathlib import Path
 
 import ml_collections
 
-from postembed_jax import launching
+from postembed_jax import host_malloc, launching
 from postembed_jax.ablation import plan
 
 TRAIN_FILE = "train.json"  # written when training (and the export) finished: the run's validation record
@@ -135,8 +135,10 @@ def execute_run(config_json: str, run: plan.Run, score: bool) -> dict:
   return result
 
 
-def _ignore_sigterm() -> None:
-  """Worker initializer: only a training run (its PreemptionWatch) acts on the notice the parent passes on."""
+def _start_worker() -> None:
+  """Worker initializer: the launcher's malloc settings (a spawned interpreter does not inherit them), and SIGTERM
+  ignored, since only a training run (its PreemptionWatch) acts on the notice the parent passes on."""
+  host_malloc.keep_freed_memory()
   signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
@@ -229,7 +231,7 @@ def run_ablation(config) -> Outcome:
     pool_context = contextlib.nullcontext(_Inline())
   else:  # fresh interpreters (spawn): JAX's runtime must not be forked
     pool_context = concurrent.futures.ProcessPoolExecutor(
-      config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_ignore_sigterm
+      config.workers, mp_context=multiprocessing.get_context("spawn"), initializer=_start_worker
     )
   preempted: list[str] = []
   notice = _ForwardSigterm() if config.workers > 1 else None  # one process: the training loop's own watch

@@ -9,6 +9,9 @@ posts split between them), and on 8 fake CPU devices in one process (a data mesh
 its cores, so this measures the sharding's overhead, not a speed-up). Then, apart, the Beam DirectRunner against
 the local path on ``--beam_posts`` posts (serving/beam.py's time_against_local).
 
+Every process runs under ``host_malloc.keep_freed_memory()``, as launch/embed.py does; ``POSTEMBED_MALLOC=default``
+runs them under glibc's malloc settings instead (results named ``embed_throughput_glibc_malloc``).
+
 Writes benchmarks/results/embed_throughput.{json,md}.
 """
 
@@ -22,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import common
+from postembed_jax import host_malloc
 
 MODEL = "all-MiniLM-L6-v2"
 ONE_THREAD = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
@@ -36,6 +40,7 @@ def _worker(conn, posts: str, out: str, xla_flags: str, core: int | None, mesh: 
   """One embedding process (packed rows): loads and compiles, then runs the local path on ``posts`` at each
   "go"."""
   os.environ["XLA_FLAGS"] = xla_flags
+  host_malloc.keep_freed_memory()
   if core is not None:
     os.sched_setaffinity(0, {core})
   from postembed_jax.models.embedder import Embedder, data_mesh
@@ -113,6 +118,7 @@ def main():
   parser.add_argument("--processes", type=int, default=2)
   parser.add_argument("--beam_posts", type=int, default=1000)
   args = parser.parse_args()
+  host_malloc.keep_freed_memory()
 
   import torch
   from sentence_transformers import SentenceTransformer
@@ -178,6 +184,7 @@ def main():
   result = {
     "command": "python -m benchmarks.embed_throughput " + " ".join(f"--{k}={v}" for k, v in vars(args).items()),
     "machine": common.machine(),
+    "host_malloc_kept": host_malloc.applies(),
     "torch_threads": torch.get_num_threads(),
     "posts": len(texts),
     "max_length": args.max_length,
@@ -195,7 +202,13 @@ def main():
     f"{n}_processes": f"postembed_jax, packed, {n} processes of 1 thread, each pinned to a core",
     "8_fake_devices": "postembed_jax, packed, 8 fake CPU devices in one process (a data mesh on 2 cores)",
   }
-  rows = [("sentence-transformers encode", f"{rate['sentence_transformers']:.1f} posts/s")]
+  rows = [
+    (
+      "malloc (every process)",
+      "freed memory kept (postembed_jax.host_malloc)" if result["host_malloc_kept"] else "glibc's settings",
+    ),
+    ("sentence-transformers encode", f"{rate['sentence_transformers']:.1f} posts/s"),
+  ]
   rows += [(label[k], f"{rate[k]:.1f} posts/s, {st / best[k]:.2f}x, max abs diff {diffs[k]:.1e}") for k in label]
   if beam_row is None:
     rows.append(("Beam DirectRunner", "not measured: serving/beam.py (the beam extra) is not installed"))
@@ -207,7 +220,7 @@ def main():
         f"max abs diff {beam_row['max_abs_diff']:.1e}",
       )
     )
-  common.write_result("embed_throughput", result, rows)
+  common.write_result("embed_throughput" + ("" if result["host_malloc_kept"] else "_glibc_malloc"), result, rows)
 
 
 if __name__ == "__main__":

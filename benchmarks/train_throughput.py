@@ -22,6 +22,10 @@ the torch warm-up are excluded from the throughput and reported. Our pipeline to
 (same tensors, same shapes) to separate padding from kernel speed, and an estimate gives the padding of a
 DataLoader shuffling each task's whole training set.
 
+Both run in one process under ``host_malloc.keep_freed_memory()``, which a training launcher sets as well;
+``POSTEMBED_MALLOC=default`` runs both under glibc's malloc settings instead (results named ``*_glibc_malloc``).
+The page faults and system CPU time of the timed steps are recorded for each side.
+
 Writes benchmarks/results/train_throughput.{json,md} (train_throughput_packed.* with ``--pack_pairs=1``). The
 reference loop is benchmarks/torch_reference.py; this file is the harness, and it stays one module past the
 ~400-line rule because its remaining parts (the interleaved timed rounds, the tokenisation accounting, the
@@ -34,6 +38,7 @@ from __future__ import annotations
 import argparse
 import collections
 import dataclasses
+import resource
 import sys
 import time
 from pathlib import Path
@@ -43,7 +48,7 @@ import numpy as np
 
 from benchmarks import common
 from benchmarks.torch_reference import TorchTrainer, calibrate_threads
-from postembed_jax import config_overrides
+from postembed_jax import config_overrides, host_malloc
 from postembed_jax.data import tokenize
 from postembed_jax.train import setup
 from postembed_jax.train import step as step_lib
@@ -251,6 +256,7 @@ def run_benchmark(
   control_ours: list[StepLog] = []
   compute_by_shape: dict[tuple, list[float]] = collections.defaultdict(list)
   round_ratios = []
+  kernel_time = {"postembed_jax": _KernelTime(), "torch": _KernelTime()}  # page faults and system time of steps
   for r in range(rounds):
     span = range(r * steps, (r + 1) * steps)
     ours_logs, ref_logs = [], []
@@ -258,7 +264,8 @@ def run_benchmark(
       t0 = time.perf_counter()
       batch = next(it)
       t1 = time.perf_counter()
-      ours.train_step(batch)
+      with kernel_time["postembed_jax"]:
+        ours.train_step(batch)
       t2 = time.perf_counter()
       assert batch["task"] == batches[s]["task"] and batch["left_ids"].shape == batches[s]["left_ids"].shape
       ours_logs.append(
@@ -278,7 +285,8 @@ def run_benchmark(
       t0 = time.perf_counter()
       tb = next(loaders[task])
       t1 = time.perf_counter()
-      reference.train_step(task, tb)
+      with kernel_time["torch"]:
+        reference.train_step(task, tb)
       ref_logs.append(_log(task, t1 - t0, time.perf_counter() - t1, tb["label"], tb["left_mask"], tb["right_mask"]))
     for s in list(span)[:control]:  # torch on our very tensors: same shapes, so only the kernels differ
       b = batches[s]
@@ -339,6 +347,8 @@ def run_benchmark(
       "torch_step_s_by_threads": {str(k): v for k, v in thread_step_s.items()},
     },
     "startup": {"jax_trainer_s": build_s, "torch_model_s": reference.load_s},
+    "host_malloc_kept": host_malloc.applies(),
+    "kernel_time_per_step": {k: v.per_step(total) for k, v in kernel_time.items()},
     "pipeline_tokenisation": {
       "windows": len(seen),
       "seconds": window_tokenise_s,
@@ -360,6 +370,25 @@ def run_benchmark(
     }
   result["profile"] = profile(result)
   return result
+
+
+class _KernelTime:
+  """Minor page faults and system CPU seconds of the code run inside ``with``, summed over its uses: what the
+  process spends in the kernel mapping memory (see postembed_jax/host_malloc.py)."""
+
+  def __init__(self):
+    self.faults, self.system_s = 0, 0.0
+
+  def __enter__(self):
+    self._start = resource.getrusage(resource.RUSAGE_SELF)
+
+  def __exit__(self, *exc):
+    end = resource.getrusage(resource.RUSAGE_SELF)
+    self.faults += end.ru_minflt - self._start.ru_minflt
+    self.system_s += end.ru_stime - self._start.ru_stime
+
+  def per_step(self, steps: int) -> dict[str, float]:
+    return {"minor_faults": self.faults / steps, "system_s": self.system_s / steps}
 
 
 def profile(result: dict[str, Any]) -> dict[str, float]:
@@ -441,6 +470,7 @@ def main(argv=None):
   )
   args = parser.parse_args(argv)
 
+  host_malloc.keep_freed_memory()  # as launching.run does for a training run; for torch's loop as well
   config = load_config(args.config)
   if args.compilation_cache_dir is not None:
     config.compilation_cache_dir = args.compilation_cache_dir
@@ -455,7 +485,12 @@ def main(argv=None):
     f"--{k}={v}" for k, v in vars(args).items() if v is not None
   )
   result["wall_s"] = time.perf_counter() - start
-  write(result, "train_throughput_packed" if config.pack_pairs else "train_throughput")
+  name = (
+    "train_throughput"
+    + ("_packed" if config.pack_pairs else "")
+    + ("" if result["host_malloc_kept"] else "_glibc_malloc")
+  )
+  write(result, name)
 
 
 def write(result: dict[str, Any], name: str = "train_throughput") -> None:
@@ -495,6 +530,14 @@ def write(result: dict[str, Any], name: str = "train_throughput") -> None:
       f"{result['startup']['jax_trainer_s']:.1f} / {result['startup']['torch_model_s']:.1f} s",
     ),
     ("torch threads, attention", f"{result['torch_threads']}, {result['torch_attention']}"),
+    (
+      "malloc (both sides, one process)",
+      "freed memory kept (postembed_jax.host_malloc)" if result["host_malloc_kept"] else "glibc's settings",
+    ),
+    (
+      "per step, ours / torch: minor page faults, system CPU s",
+      " / ".join(f"{k['minor_faults']:.0f}, {k['system_s']:.2f}" for k in result["kernel_time_per_step"].values()),
+    ),
     (
       "config overrides (over --config)",
       ", ".join(f"{k}={v}" for k, v in result.get("config_overrides", {}).items()) or "none",

@@ -91,8 +91,15 @@ class EncoderConfig:
     )
 
 
+def _gelu_erf(x):
+  """Exact GELU as torch computes it, 0.5 x (1 + erf(x / sqrt 2)). ``jax.nn.gelu`` writes it with erfc, which
+  XLA:CPU expands into exponentials and two branches: fwd + bwd on [8192, 1536] took 268 ms against erf's 21 ms on
+  the 2-core CPU. The two agree within 1.1e-6 (docs/training.md, "Accelerator efficiency options")."""
+  return 0.5 * x * (1 + jax.lax.erf(x * jnp.asarray(0.5**0.5, x.dtype)))
+
+
 _ACTIVATIONS = {
-  "gelu": lambda x: jax.nn.gelu(x, approximate=False),
+  "gelu": _gelu_erf,
   "gelu_new": lambda x: jax.nn.gelu(x, approximate=True),
   "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True),
   "relu": jax.nn.relu,

@@ -44,6 +44,16 @@ def machine() -> dict:
   }
 
 
+def malloc_row(kept: bool) -> tuple[str, str]:
+  """The results row saying which malloc settings a run had (``host_malloc.kept()``, postembed_jax/host_malloc.py)."""
+  return "malloc", "freed memory kept (postembed_jax.host_malloc)" if kept else "glibc's settings"
+
+
+def malloc_name(name: str, kept: bool) -> str:
+  """``name`` for a run under host_malloc, ``name_glibc_malloc`` for its control under glibc's settings."""
+  return name if kept else f"{name}_glibc_malloc"
+
+
 def write_result(name: str, result: dict, rows: list[tuple[str, str]]) -> None:
   RESULTS.mkdir(exist_ok=True)
   (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=2))

@@ -184,7 +184,7 @@ def main():
   result = {
     "command": "python -m benchmarks.embed_throughput " + " ".join(f"--{k}={v}" for k, v in vars(args).items()),
     "machine": common.machine(),
-    "host_malloc_kept": host_malloc.applies(),
+    "host_malloc_kept": host_malloc.kept(),
     "torch_threads": torch.get_num_threads(),
     "posts": len(texts),
     "max_length": args.max_length,
@@ -203,10 +203,7 @@ def main():
     "8_fake_devices": "postembed_jax, packed, 8 fake CPU devices in one process (a data mesh on 2 cores)",
   }
   rows = [
-    (
-      "malloc (every process)",
-      "freed memory kept (postembed_jax.host_malloc)" if result["host_malloc_kept"] else "glibc's settings",
-    ),
+    common.malloc_row(result["host_malloc_kept"]),
     ("sentence-transformers encode", f"{rate['sentence_transformers']:.1f} posts/s"),
   ]
   rows += [(label[k], f"{rate[k]:.1f} posts/s, {st / best[k]:.2f}x, max abs diff {diffs[k]:.1e}") for k in label]
@@ -220,7 +217,7 @@ def main():
         f"max abs diff {beam_row['max_abs_diff']:.1e}",
       )
     )
-  common.write_result("embed_throughput" + ("" if result["host_malloc_kept"] else "_glibc_malloc"), result, rows)
+  common.write_result(common.malloc_name("embed_throughput", result["host_malloc_kept"]), result, rows)
 
 
 if __name__ == "__main__":

@@ -347,7 +347,7 @@ def run_benchmark(
       "torch_step_s_by_threads": {str(k): v for k, v in thread_step_s.items()},
     },
     "startup": {"jax_trainer_s": build_s, "torch_model_s": reference.load_s},
-    "host_malloc_kept": host_malloc.applies(),
+    "host_malloc_kept": host_malloc.kept(),
     "kernel_time_per_step": {k: v.per_step(total) for k, v in kernel_time.items()},
     "pipeline_tokenisation": {
       "windows": len(seen),
@@ -485,12 +485,10 @@ def main(argv=None):
     f"--{k}={v}" for k, v in vars(args).items() if v is not None
   )
   result["wall_s"] = time.perf_counter() - start
-  name = (
-    "train_throughput"
-    + ("_packed" if config.pack_pairs else "")
-    + ("" if result["host_malloc_kept"] else "_glibc_malloc")
+  write(
+    result,
+    common.malloc_name("train_throughput" + ("_packed" if config.pack_pairs else ""), result["host_malloc_kept"]),
   )
-  write(result, name)
 
 
 def write(result: dict[str, Any], name: str = "train_throughput") -> None:
@@ -530,10 +528,7 @@ def write(result: dict[str, Any], name: str = "train_throughput") -> None:
       f"{result['startup']['jax_trainer_s']:.1f} / {result['startup']['torch_model_s']:.1f} s",
     ),
     ("torch threads, attention", f"{result['torch_threads']}, {result['torch_attention']}"),
-    (
-      "malloc (both sides, one process)",
-      "freed memory kept (postembed_jax.host_malloc)" if result["host_malloc_kept"] else "glibc's settings",
-    ),
+    common.malloc_row(result["host_malloc_kept"]),
     (
       "per step, ours / torch: minor page faults, system CPU s",
       " / ".join(f"{k['minor_faults']:.0f}, {k['system_s']:.2f}" for k in result["kernel_time_per_step"].values()),

@@ -24,6 +24,7 @@ import sys
 OPT_OUT = "POSTEMBED_MALLOC"  # =default: leave glibc's settings alone
 # mallopt(3) parameters, from glibc's malloc.h. A trim threshold of -1 is SIZE_MAX: never trim.
 _SETTINGS = {"M_ARENA_MAX": (-8, 1), "M_MMAP_MAX": (-4, 0), "M_TRIM_THRESHOLD": (-1, -1)}
+_kept = False
 
 
 def applies(env=os.environ) -> bool:
@@ -33,10 +34,17 @@ def applies(env=os.environ) -> bool:
 
 def keep_freed_memory() -> bool:
   """Sets the settings above for this process; returns whether they were set."""
+  global _kept
   if not applies():
     return False
   mallopt = ctypes.CDLL(None).mallopt
   for name, (param, value) in _SETTINGS.items():
     if mallopt(param, value) != 1:
       raise RuntimeError(f"mallopt({name}, {value}) failed; set {OPT_OUT}=default to run with glibc's settings")
+  _kept = True
   return True
+
+
+def kept() -> bool:
+  """Whether ``keep_freed_memory`` has set the settings in this process."""
+  return _kept

@@ -20,6 +20,7 @@ import json
 import math
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -96,16 +97,31 @@ def _remove_stale_temp_files(directory: Path, name_glob: str) -> None:
       pass  # another user's live process
 
 
+_LIVE_TEMP_FILES: set[Path] = set()  # this job's temporary files, which a SIGTERM removes
+
+
 @contextlib.contextmanager
-def _sigterm_raises():
-  """SIGTERM raises SystemExit(143) while the body runs, so ``finally`` blocks (temp file removal) run; the
-  default action would end the process on the spot. Only the main thread can install handlers."""
+def _sigterm_removes_temp_files():
+  """While the body runs, SIGTERM removes this job's temporary files and ends the process with 143 on the spot.
+
+  Not by raising SystemExit from the handler: that exception lands at whatever bytecode the main thread is at, for
+  example between the two lock acquisitions of tqdm's write lock, and the exit can then hang (the progress bar's
+  monitor thread is joined while it waits on the lock left held) until a SIGKILL, which leaves the files behind.
+  The job's outputs are atomic, so ending without unwinding loses nothing. Only the main thread can install
+  handlers."""
   if threading.current_thread() is not threading.main_thread():
     yield
     return
 
   def handle(signum, frame):
-    raise SystemExit(128 + signum)
+    for path in list(_LIVE_TEMP_FILES):
+      path.unlink(missing_ok=True)
+    for stream in (sys.stdout, sys.stderr):
+      try:
+        stream.flush()
+      except Exception:  # a write the signal interrupted holds the stream's buffer: its lines are lost, not the exit
+        pass
+    os._exit(128 + signum)
 
   previous = signal.signal(signal.SIGTERM, handle)
   try:
@@ -115,15 +131,25 @@ def _sigterm_raises():
 
 
 @contextlib.contextmanager
-def _atomic_parquet(path: Path, schema: pa.Schema):
-  """A ParquetWriter on a hidden temporary sibling of ``path``, renamed to ``path`` when the body completes."""
+def _temp_file(path: Path):
+  """A hidden temporary sibling of ``path`` (named by this process, so a later job can tell a dead job's),
+  removed when the body fails or SIGTERM arrives; the body renames it into place."""
   tmp_path = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  _LIVE_TEMP_FILES.add(tmp_path)
   try:
+    yield tmp_path
+  finally:
+    tmp_path.unlink(missing_ok=True)
+    _LIVE_TEMP_FILES.discard(tmp_path)
+
+
+@contextlib.contextmanager
+def _atomic_parquet(path: Path, schema: pa.Schema):
+  """A ParquetWriter on a temporary file, renamed to ``path`` when the body completes."""
+  with _temp_file(path) as tmp_path:
     with pq.ParquetWriter(tmp_path, schema) as writer:
       yield writer
     os.replace(tmp_path, path)
-  finally:
-    tmp_path.unlink(missing_ok=True)
 
 
 def _write_records(writer, embedder: Embedder, records: Iterable, schema: pa.Schema, stats: ReadStats, **stream):
@@ -159,7 +185,7 @@ def embed_file(
   _remove_stale_temp_files(output_path.parent, output_path.name)
   stats = ReadStats()
   records = embed_io.read_posts(inputs, skip_bad_lines=skip_bad_lines, skip_empty_texts=skip_empty_texts, stats=stats)
-  with _sigterm_raises(), _atomic_parquet(output_path, schema) as writer:
+  with _sigterm_removes_temp_files(), _atomic_parquet(output_path, schema) as writer:
     _write_records(writer, embedder, records, schema, stats, chunk_size=chunk_size, progress=progress)
   return stats
 
@@ -247,11 +273,8 @@ def embed_parts(
   job.update(records=records, num_parts=total, posts_per_part=per_part)
   if old:
     _check_manifest(out_dir, job)
-  else:
-    tmp = out_dir / f".{MANIFEST}.tmp-{os.getpid()}"
-    tmp.write_text(json.dumps(job, indent=2))
-    os.replace(tmp, out_dir / MANIFEST)
   _remove_stale_temp_files(out_dir, "part-*")
+  _remove_stale_temp_files(out_dir, MANIFEST)
   names = [part_name(k, total) for k in range(total)]
   done = {k for k, name in enumerate(names) if (out_dir / name).exists()}
   stats = ReadStats(parts_done=len(done))
@@ -264,7 +287,11 @@ def embed_parts(
   )
   groups = itertools.groupby(stream, key=lambda r: r[0] // per_part)
   pending = next(groups, None)
-  with _sigterm_raises():
+  with _sigterm_removes_temp_files():
+    if not old:
+      with _temp_file(out_dir / MANIFEST) as tmp:
+        tmp.write_text(json.dumps(job, indent=2))
+        os.replace(tmp, out_dir / MANIFEST)
     for k, name in enumerate(names):
       if k in done:
         continue

@@ -132,24 +132,33 @@ def test_unwritable_output_fails_before_the_model_loads(tmp_path, output, messag
   assert sorted(p.name for p in tmp_path.iterdir()) == ["old.parquet", "posts.jsonl"]
 
 
-def test_sigterm_removes_the_temporary_file(tmp_path):
+@pytest.mark.parametrize("output", ["emb.parquet", "parts"])
+def test_sigterm_removes_the_temporary_file(tmp_path, output):
+  """SIGTERM mid-job: exit 143 at once, no temporary file left (one output file: nothing; part files: the
+  manifest, which a rerun resumes from)."""
   posts = tmp_path / "posts.txt"
   posts.write_text("".join(f"post number {i} about package {i % 97}\n" for i in range(50_000)))
-  out = tmp_path / "emb.parquet"
+  out = tmp_path / output
+  env = {**os.environ, "PYTHONFAULTHANDLER": "1"}  # SIGABRT then prints every thread's Python stack
   job = subprocess.Popen(
-    _embed_cmd(posts, out, "--config.chunk_size=256"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    _embed_cmd(posts, out, "--config.chunk_size=256"), cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
   )
   try:
     deadline = time.monotonic() + 180
-    while not list(tmp_path.glob(".emb.parquet.tmp-*")):
+    while not list(tmp_path.glob("**/.*parquet.tmp-*")):
       assert job.poll() is None and time.monotonic() < deadline, job.communicate()
       time.sleep(0.2)
     job.send_signal(signal.SIGTERM)
-    assert job.wait(timeout=60) == 128 + signal.SIGTERM
+    try:
+      assert job.wait(timeout=60) == 128 + signal.SIGTERM
+    except subprocess.TimeoutExpired:
+      job.send_signal(signal.SIGABRT)
+      pytest.fail(f"no exit 60 s after SIGTERM; its stacks: {job.communicate(timeout=30)[1].decode()[-6000:]}")
   finally:
     job.kill()
     job.communicate()
-  assert [p.name for p in tmp_path.iterdir()] == ["posts.txt"]
+  left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+  assert left == (["posts.txt"] if output == "emb.parquet" else ["parts", "parts/manifest.json", "posts.txt"])
 
 
 def test_temp_files_of_dead_jobs_are_removed(tmp_path, default_embedder):

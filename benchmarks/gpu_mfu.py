@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks import common
+from postembed_jax import host_malloc
 from postembed_jax.train.mfu import matmul_params, peak_tflops, train_step_flops
 
 TARGET_MFU = 0.45
@@ -208,6 +209,7 @@ def main(argv=None):
   parser.add_argument("--vocab", type=int, default=BERT_BASE["vocab_size"])
   parser.add_argument("--name", default="gpu_mfu", help="results file name under benchmarks/results")
   args = parser.parse_args(argv)
+  host_malloc.keep_freed_memory()  # as launching.run does for a training run (matters on a CPU)
   result = run(args, on_row=lambda partial: write(partial, args.name))  # each row is kept as soon as measured
   return result
 
@@ -286,6 +288,7 @@ def _result(args, device, cfg, peak, rows) -> dict[str, Any]:
     "trace_dir": args.trace_dir,
     "rows": rows,
     "best_mfu": max((r["mfu"] for r in rows if r["mfu"] is not None), default=None),
+    "host_malloc_kept": host_malloc.kept(),
   }
 
 
@@ -323,6 +326,7 @@ def write(result: dict[str, Any], name: str = "gpu_mfu") -> None:
       f"{result['model']['matmul_params']:,} matmul weights, {result['model']['compute_dtype']} compute",
     ),
     ("FLOPs per step", result["flops_formula"] + ", summed over the 2 tower passes"),
+    common.malloc_row(result.get("host_malloc_kept", False)),
   ]
   common.write_result(name, result, table)
 

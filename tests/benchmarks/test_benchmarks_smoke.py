@@ -29,7 +29,7 @@ def test_train_throughput_tiny(tiny_model_dir, tmp_path, monkeypatch):
 
   ours, torch_ = result["postembed_jax"], result["torch"]
   for side in (ours, torch_):
-    assert side["steps"] == 4 and side["pairs"] == 16
+    assert side["steps"] == 4 and side["pairs"] == 16  # the timed pass only, not the untimed heap pass before it
     assert side["pairs_per_s"] > 0 and side["compute_ms_per_step"] > 0
     assert 0 <= side["padding_fraction"] < 1
     assert 0 < side["mean_real_length"] <= side["mean_padded_length"] <= 32
@@ -46,6 +46,8 @@ def test_train_throughput_tiny(tiny_model_dir, tmp_path, monkeypatch):
   train_throughput.write(result)
   md = (tmp_path / "results" / "train_throughput.md").read_text()
   assert "## Profile" in md and "pairs/s" in md
+  assert result["heap_passes"] == 1 and set(result["kernel_time_per_step_untimed_pass"]) == {"postembed_jax", "torch"}
+  assert "untimed heap pass before (--heap_passes) | " in md and "no such pass" not in md
 
 
 def test_batch_plan_gives_the_texts_of_the_pipeline_batches(tiny_model_dir, tmp_path):

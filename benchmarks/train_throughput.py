@@ -263,7 +263,7 @@ def run_benchmark(
   # Timed rounds, after ``heap_passes`` untimed passes over the same schedule: both sides share one heap, and
   # the first pass grows it while torch's and our buffers interleave (tens of thousands of page faults a step on our
   # side). A long run meets its shapes again and again; this is its steady state.
-  warmup_kernel_time = {"postembed_jax": _KernelTime(), "torch": _KernelTime()}
+  warmup_kernel_time: dict[str, _KernelTime] = {}  # of the last untimed pass; none with heap_passes=0
   for timed in [False] * heap_passes + [True]:
     it.set_state(start_state)
     loaders = reference.loaders(plan)

@@ -36,6 +36,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.chunk_size = 4096  # posts held in memory at once
   config.dtype = "float32"  # or bfloat16
   config.mesh_data = -1  # devices each batch is split over (a data mesh; weights replicated): -1 = every local one
+  # devices JAX makes of a CPU host (postembed_jax/cpu_devices.py): 0 = JAX's own, -1 = one per core
+  config.cpu_devices = 0
   # short posts share rows (block-diagonal attention): less padding, the same vectors within 1e-5; off by default
   # since it measured no faster on the idle 2-core CPU (benchmarks/results/embed_throughput.md)
   config.pack = False

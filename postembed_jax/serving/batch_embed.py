@@ -28,6 +28,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from postembed_jax import cpu_devices
 from postembed_jax.models.dtypes import dtype_of
 from postembed_jax.models.embedder import Embedder, data_mesh
 from postembed_jax.serving import embed_io, vectors
@@ -306,6 +307,7 @@ def embed_parts(
 
 def load_embedder(config) -> Embedder:
   """The embedder ``config`` names: loaded here by the local job and by every Beam worker (serving/beam.py)."""
+  cpu_devices.use(config.get("cpu_devices", 0))
   mesh = data_mesh(config.mesh_data)  # a bad device count fails before the model loads
   return Embedder.from_pretrained(
     config.model,

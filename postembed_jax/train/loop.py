@@ -184,7 +184,7 @@ def train_and_evaluate(config, workdir: str | Path) -> dict[str, float]:
   """Trains (resuming from ``workdir`` when it holds checkpoints), exports, returns final validation metrics.
   Raises ``checkpoint.ResumeMismatch`` when ``workdir`` holds another run's checkpoints, and ``launching.Preempted``
   when a SIGTERM stopped the run before its end, having saved: the same call again resumes it."""
-  setup.maybe_initialize_distributed(config.distributed)
+  setup.start_jax(config)
   watch = preemption.PreemptionWatch()  # before the model loads: from here on a notice saves rather than kills
   try:
     return _train_and_evaluate(config, Path(workdir), watch)

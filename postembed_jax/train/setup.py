@@ -19,7 +19,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding
 
-from postembed_jax import compilation_cache
+from postembed_jax import compilation_cache, cpu_devices
 from postembed_jax.data import config as data_config_lib
 from postembed_jax.data import examples as data_examples
 from postembed_jax.data import mixture, tokenize
@@ -35,8 +35,11 @@ from postembed_jax.train import state as state_lib
 from postembed_jax.train import step as step_lib
 
 
-def maybe_initialize_distributed(distributed_config) -> None:
-  """Multi-host: join the other processes before any JAX computation (no-op for a single process)."""
+def start_jax(config) -> None:
+  """What must precede JAX's first computation: the host's CPU device count (``config.cpu_devices``), then, with
+  several processes, joining the others (``config.distributed``). Safe to call again."""
+  cpu_devices.use(config.get("cpu_devices", 0))
+  distributed_config = config.distributed
   if distributed_config.num_processes > 1 and not jax.distributed.is_initialized():
     if not distributed_config.coordinator_address:
       raise ValueError("config.distributed.num_processes > 1 needs config.distributed.coordinator_address.")
@@ -225,11 +228,11 @@ TASK_WEIGHTINGS = ("equal", "sampling", "initial_loss")
 
 def build(config, workdir: str | Path | None = None, *, fit_projection: bool = True) -> Trainer:
   """The trainer of ``config``: the pretrained ``config.model`` with fresh heads, its tokenizer, the training
-  iterator of ``config.data`` (this process's rows), at step 0. Joins the other processes first when
-  ``config.distributed`` asks for several, and turns on the persistent compilation cache. Writes nothing.
+  iterator of ``config.data`` (this process's rows), at step 0. Sets the CPU device count and joins the other
+  processes first (``start_jax``), and turns on the persistent compilation cache. Writes nothing.
   ``fit_projection=False`` skips fitting a ``projection_init="pca"`` start, for a caller that replaces the tower
   (a resume or a warm start)."""
-  maybe_initialize_distributed(config.distributed)
+  start_jax(config)
   compilation_cache.enable(config.compilation_cache_dir)
   dtype_of(config.dtype)  # before anything slow
   model_dir = hf_io.resolve_model_dir(config.model)

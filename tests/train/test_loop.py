@@ -28,6 +28,13 @@ def test_eight_devices_match_one(train_cmd, baseline, tmp_path, mesh):
   _assert_same_losses(step_losses(tmp_path), baseline[1], rtol=1e-4)
 
 
+def test_cpu_devices_makes_the_data_mesh(train_cmd, baseline, tmp_path):
+  """config.cpu_devices=2 splits the host into two devices (over XLA_FLAGS' one) and the run trains on both."""
+  result = _ok(train_cmd(tmp_path, *FAST, "--config.cpu_devices=2", "--config.export=False", devices=1))
+  assert re.search(r"mesh \{'data': 2, 'fsdp': 1, 'tensor': 1\}", result.stdout), result.stdout
+  _assert_same_losses(step_losses(tmp_path), baseline[1], rtol=1e-4)
+
+
 def test_sigkill_then_resume_reproduces_losses(train_cmd, baseline, tmp_path):
   # Blocking saves, so the step-5 checkpoint is complete once step 7 is logged; the kill then comes mid-run
   # however fast the steps are (compiled executables may come from the persistent cache).

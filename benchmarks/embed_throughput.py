@@ -5,9 +5,9 @@ same maximum length, same real Debian long descriptions, in one run; checks that
 
 Rows, timed in turn round after round (the machine is shared, so the ratios are what to read): our local path
 unpacked and packed, sentence-transformers, our path in ``--processes`` processes pinned to one core each (the
-posts split between them), and on 8 fake CPU devices in one process (a data mesh: on a CPU the fake devices share
-its cores, so this measures the sharding's overhead, not a speed-up). Then, apart, the Beam DirectRunner against
-the local path on ``--beam_posts`` posts (serving/beam.py's time_against_local).
+posts split between them), and in one process over a data mesh of 8 fake CPU devices and of one CPU device per core
+(``config.cpu_devices=-1``; the devices share the cores). Then, apart, the Beam DirectRunner against the local path
+on ``--beam_posts`` posts (serving/beam.py's time_against_local).
 
 Every process runs under ``host_malloc.keep_freed_memory()``, as launch/embed.py does; ``POSTEMBED_MALLOC=default``
 runs them under glibc's malloc settings instead (results named ``embed_throughput_glibc_malloc``).
@@ -36,14 +36,17 @@ def _write_posts(path: Path, texts: list[str], ids: range) -> Path:
   return path
 
 
-def _worker(conn, posts: str, out: str, xla_flags: str, core: int | None, mesh: bool, args) -> None:
+def _worker(conn, posts: str, out: str, xla_flags: str, core: int | None, mesh: bool, devices: int, args) -> None:
   """One embedding process (packed rows): loads and compiles, then runs the local path on ``posts`` at each
-  "go"."""
+  "go". ``devices``: ``config.cpu_devices`` as launch/embed.py applies it."""
   os.environ["XLA_FLAGS"] = xla_flags
   host_malloc.keep_freed_memory()
   if core is not None:
     os.sched_setaffinity(0, {core})
+  from postembed_jax import cpu_devices
   from postembed_jax.models.embedder import Embedder, data_mesh
+
+  cpu_devices.use(devices)
   from postembed_jax.serving import batch_embed
 
   embedder = Embedder.from_pretrained(
@@ -148,16 +151,18 @@ def main():
 
     cores = sorted(os.sched_getaffinity(0))
 
-    def workers(name: str, posts: list[Path], xla_flags: str, *, pinned: bool, mesh: bool) -> Workers:
+    def workers(name: str, posts: list[Path], xla_flags: str, *, pinned: bool, mesh: bool, devices=0) -> Workers:
       outs[name] = [tmp / f"{name}-{k}.parquet" for k in range(len(posts))]
+      core = lambda k: cores[k % len(cores)] if pinned else None
       specs = [
-        dict(posts=str(p), out=str(o), xla_flags=xla_flags, core=cores[k % len(cores)] if pinned else None, mesh=mesh)
+        dict(posts=str(p), out=str(o), xla_flags=xla_flags, core=core(k), mesh=mesh, devices=devices)
         for k, (p, o) in enumerate(zip(posts, outs[name]))
       ]
       return Workers(specs, args)
 
     procs = workers(f"{n}_processes", shards, ONE_THREAD, pinned=True, mesh=False)
     fake = workers("8_fake_devices", [posts], "--xla_force_host_platform_device_count=8", pinned=False, mesh=True)
+    per_core = workers("device_per_core", [posts], "", pinned=False, mesh=True, devices=-1)
     reference_run = lambda: reference.encode(texts, batch_size=args.batch_size, convert_to_numpy=True)
     reference_run()
     fns = {
@@ -166,10 +171,11 @@ def main():
       "sentence_transformers": reference_run,
       f"{n}_processes": procs,
       "8_fake_devices": fake,
+      "device_per_core": per_core,
     }
     times = common.interleaved_timings(fns, args.repeats)
-    procs.close()
-    fake.close()
+    for pool in (procs, fake, per_core):
+      pool.close()
     theirs = reference_run()
     diffs = {}
     for name, paths in outs.items():
@@ -201,6 +207,8 @@ def main():
     "packed": "postembed_jax local path, packed",
     f"{n}_processes": f"postembed_jax, packed, {n} processes of 1 thread, each pinned to a core",
     "8_fake_devices": "postembed_jax, packed, 8 fake CPU devices in one process (a data mesh on 2 cores)",
+    "device_per_core": f"postembed_jax, packed, one CPU device per core ({len(cores)}) in one process "
+    "(config.cpu_devices=-1, a data mesh)",
   }
   rows = [
     common.malloc_row(result["host_malloc_kept"]),

@@ -343,6 +343,8 @@ def run_benchmark(
     "config_overrides": ONE_TASK_PER_STEP,
     "batch_size": int(config.data.batch_size),
     "pack_pairs": bool(config.get("pack_pairs", False)),
+    "cpu_devices": int(config.get("cpu_devices", 0)),
+    "devices": jax.device_count(),
     "max_length": int(config.data.max_length),
     "bucket_lengths": list(config.data.bucket_lengths),
     "shuffle_window": window,
@@ -393,22 +395,31 @@ def run_benchmark(
 
 
 class _KernelTime:
-  """Minor page faults and system CPU seconds of the code run inside ``with``, summed over its uses: what the
-  process spends in the kernel mapping memory (see postembed_jax/host_malloc.py)."""
+  """Minor page faults, system and user CPU seconds and wall seconds of the code run inside ``with``, summed over
+  its uses: what the process spends in the kernel mapping memory (see postembed_jax/host_malloc.py), and how many
+  cores it kept busy."""
 
   def __init__(self):
-    self.faults, self.system_s = 0, 0.0
+    self.faults, self.system_s, self.user_s, self.wall_s = 0, 0.0, 0.0, 0.0
 
   def __enter__(self):
     self._start = resource.getrusage(resource.RUSAGE_SELF)
+    self._wall = time.perf_counter()
 
   def __exit__(self, *exc):
     end = resource.getrusage(resource.RUSAGE_SELF)
+    self.wall_s += time.perf_counter() - self._wall
     self.faults += end.ru_minflt - self._start.ru_minflt
     self.system_s += end.ru_stime - self._start.ru_stime
+    self.user_s += end.ru_utime - self._start.ru_utime
 
   def per_step(self, steps: int) -> dict[str, float]:
-    return {"minor_faults": self.faults / steps, "system_s": self.system_s / steps}
+    return {
+      "minor_faults": self.faults / steps,
+      "system_s": self.system_s / steps,
+      "cpu_s": (self.user_s + self.system_s) / steps,
+      "cores_busy": (self.user_s + self.system_s) / max(self.wall_s, 1e-9),
+    }
 
 
 def profile(result: dict[str, Any]) -> dict[str, float]:
@@ -480,6 +491,13 @@ def main(argv=None):
   parser.add_argument(
     "--heap_passes", type=int, default=1, help="untimed passes of the rounds first (the shared heap grown); 0: none"
   )
+  parser.add_argument(
+    "--cpu_devices",
+    type=int,
+    default=None,
+    help="config.cpu_devices (0: JAX's one, -1: one per core); default: the training config's; results of an "
+    "explicit count are named *_cpu_devices_N",
+  )
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--max_length", type=int, default=128)
   parser.add_argument(
@@ -500,6 +518,8 @@ def main(argv=None):
   config.data.batch_size = args.batch_size
   config.data.max_length = args.max_length
   config.pack_pairs = bool(args.pack_pairs)
+  if args.cpu_devices is not None:
+    config.cpu_devices = args.cpu_devices
   start = time.perf_counter()
   result = run_benchmark(
     config,
@@ -513,10 +533,9 @@ def main(argv=None):
     f"--{k}={v}" for k, v in vars(args).items() if v is not None
   )
   result["wall_s"] = time.perf_counter() - start
-  write(
-    result,
-    common.malloc_name("train_throughput" + ("_packed" if config.pack_pairs else ""), result["host_malloc_kept"]),
-  )
+  name = "train_throughput" + ("_packed" if config.pack_pairs else "")
+  name += f"_cpu_devices_{result['devices']}" if args.cpu_devices is not None else ""
+  write(result, common.malloc_name(name, result["host_malloc_kept"]))
 
 
 def write(result: dict[str, Any], name: str = "train_throughput") -> None:
@@ -529,6 +548,10 @@ def write(result: dict[str, Any], name: str = "train_throughput") -> None:
       f"{result['speedup']:.2f}x (per round: {', '.join(f'{r:.2f}' for r in result['speedup_per_round'])})",
     ),
     ("ours: pairs packed into shared rows (config.pack_pairs)", "yes" if result.get("pack_pairs") else "no"),
+    (
+      "ours: devices of the data mesh (config.cpu_devices)",
+      f"{result.get('devices', 1)} ({result.get('cpu_devices', 0)})",
+    ),
     ("timed steps per side", f"{o['steps']} x {result['batch_size']} pairs, {result['rounds']} interleaved rounds"),
     ("padding fraction ours / torch", f"{o['padding_fraction']:.3f} / {t['padding_fraction']:.3f}"),
     ("mean padded length ours / torch", f"{o['mean_padded_length']:.1f} / {t['mean_padded_length']:.1f}"),
@@ -560,6 +583,13 @@ def write(result: dict[str, Any], name: str = "train_throughput") -> None:
     (
       "per step, ours / torch: minor page faults, system CPU s",
       " / ".join(f"{k['minor_faults']:.0f}, {k['system_s']:.2f}" for k in result["kernel_time_per_step"].values()),
+    ),
+    (
+      "per step, ours / torch: CPU s (user + system), cores kept busy",
+      " / ".join(
+        f"{k['cpu_s']:.2f}, {k['cores_busy']:.2f}" if "cpu_s" in k else "not recorded"
+        for k in result["kernel_time_per_step"].values()
+      ),
     ),
     (
       "the same in the untimed heap pass before (--heap_passes)",

@@ -1,10 +1,12 @@
 """Smoke tests of benchmarks/train_throughput.py and benchmarks/gpu_mfu.py at toy sizes: a tiny BERT (with
 all-MiniLM-L6-v2's tokenizer) on the Debian fixture, a few steps, sane numbers, and the FLOP formula by hand."""
 
+import os
 import sys
 import types
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -48,6 +50,12 @@ def test_train_throughput_tiny(tiny_model_dir, tmp_path, monkeypatch):
   assert "## Profile" in md and "pairs/s" in md
   assert result["heap_passes"] == 1 and set(result["kernel_time_per_step_untimed_pass"]) == {"postembed_jax", "torch"}
   assert "untimed heap pass before (--heap_passes) | " in md and "no such pass" not in md
+  assert (
+    result["devices"] == jax.device_count()
+    and f"devices of the data mesh (config.cpu_devices) | {jax.device_count()} (0)" in md
+  )
+  for side in result["kernel_time_per_step"].values():
+    assert side["cpu_s"] > 0 and 0 < side["cores_busy"] <= os.cpu_count() + 0.5
 
 
 def test_batch_plan_gives_the_texts_of_the_pipeline_batches(tiny_model_dir, tmp_path):

@@ -111,6 +111,25 @@ def test_launch_embed_cli(tmp_path):
   assert sorted(p.name for p in tmp_path.iterdir()) == ["emb.parquet", "posts.jsonl"]
 
 
+def test_cpu_devices_loads_the_embedder_on_a_mesh_of_that_many(default_embedder):
+  """config.cpu_devices reaches JAX through the job's own loader (a fresh process: JAX not started yet)."""
+  texts = ["Debian package manager front-end", "image editor", "a library for parsing JSON"]
+  code = (
+    "import json, sys\n"
+    "from postembed_jax import config_overrides\n"
+    "from postembed_jax.serving import batch_embed\n"
+    "config = config_overrides.load_config('configs/embed.py')\n"
+    "config.cpu_devices, config.max_length = 2, 128\n"
+    "embedder = batch_embed.load_embedder(config)\n"
+    "print(json.dumps([embedder.mesh.devices.size, embedder.embed(json.loads(sys.argv[1])).tolist()]))\n"
+  )
+  done = subprocess.run([sys.executable, "-c", code, json.dumps(texts)], cwd=REPO, capture_output=True, text=True)
+  assert done.returncode == 0, done.stderr[-2000:]
+  devices, vectors = json.loads(done.stdout.strip().splitlines()[-1])
+  assert devices == 2
+  np.testing.assert_allclose(vectors, default_embedder.embed(texts), atol=1e-5)
+
+
 @pytest.mark.parametrize(
   "output,message",
   [

@@ -45,9 +45,9 @@ def _worker(conn, posts: str, out: str, xla_flags: str, core: int | None, mesh: 
     os.sched_setaffinity(0, {core})
   from postembed_jax import cpu_devices
   from postembed_jax.models.embedder import Embedder, data_mesh
+  from postembed_jax.serving import batch_embed
 
   cpu_devices.use(devices)
-  from postembed_jax.serving import batch_embed
 
   embedder = Embedder.from_pretrained(
     MODEL, max_length=args.max_length, batch_size=args.batch_size, mesh=data_mesh() if mesh else None, pack=True

@@ -67,7 +67,7 @@ def training_config(tasks: str) -> ml_collections.ConfigDict:
 
   c.mesh = ml_collections.ConfigDict({"data": -1, "fsdp": 1, "tensor": 1})
   # devices JAX makes of a CPU host (postembed_jax/cpu_devices.py): 0 = JAX's own (1, or XLA_FLAGS'), -1 = one per
-  # core (the faster data mesh on a CPU, docs/training.md), N = N; a GPU or TPU host ignores its CPU devices
+  # core, N = N; what a mesh of them gains or costs: docs/training.md. A GPU or TPU host ignores its CPU devices
   c.cpu_devices = 0
   c.sharding_rules = sharding.DEFAULT_RULES
   c.distributed = ml_collections.ConfigDict()  # multi-host: jax.distributed.initialize arguments

@@ -15,10 +15,11 @@ import jax
 
 def requested(count: int) -> int | None:
   """The CPU device count ``count`` asks for: None for 0 (JAX's own: 1, or ``XLA_FLAGS``'
-  ``--xla_force_host_platform_device_count``), the cores this process may run on for -1, else ``count``."""
-  count = int(count)
-  if count < -1:
+  ``--xla_force_host_platform_device_count``), the logical CPUs this process may run on for -1 (its affinity mask;
+  a cgroup quota is not read), else ``count``."""
+  if isinstance(count, bool) or int(count) != count or count < -1:
     raise ValueError(f"config.cpu_devices={count}: use 0 (JAX's default), -1 (one per core) or a device count.")
+  count = int(count)
   if count == 0:
     return None
   if count > 0:
@@ -35,10 +36,13 @@ def use(count: int) -> None:
   try:
     jax.config.update("jax_num_cpu_devices", n)
   except RuntimeError:  # the backends exist already
-    have = len(jax.devices("cpu"))
+    try:
+      have = len(jax.devices("cpu"))
+    except RuntimeError:  # started without a CPU backend (JAX_PLATFORMS)
+      have = 0
     if have != n:
       raise ValueError(
         f"config.cpu_devices={count} asks for {n} CPU devices, but JAX has already started with {have}: set it "
-        "before JAX's first computation (a launcher does), or set "
-        f"XLA_FLAGS=--xla_force_host_platform_device_count={n}."
+        "before JAX's first computation (a launcher does), or start the process with "
+        f"--xla_force_host_platform_device_count={n} added to XLA_FLAGS."
       ) from None

@@ -496,7 +496,7 @@ def main(argv=None):
     type=int,
     default=None,
     help="config.cpu_devices (0: JAX's one, -1: one per core); default: the training config's; results of an "
-    "explicit count are named *_cpu_devices_N",
+    "explicit count are named *_cpu_devices_N, N the devices it ran on",
   )
   parser.add_argument("--batch_size", type=int, default=32)
   parser.add_argument("--max_length", type=int, default=128)

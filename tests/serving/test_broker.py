@@ -66,6 +66,20 @@ async def _stream_messages(config) -> list:
     await nc.close()
 
 
+async def _consumer_info(config):
+  """The workers' durable consumer as the server sees it: open pull requests, undelivered and unacknowledged."""
+  nc = await broker.connect(config.broker, name="test")
+  try:
+    return await nc.jetstream().consumer_info(config.broker.stream, config.broker.durable)
+  finally:
+    await nc.close()
+
+
+def _both_workers_wait_in_a_pull(config) -> bool:
+  info = asyncio.run(_consumer_info(config))
+  return info.num_waiting >= 2 and info.num_pending == 0 and info.num_ack_pending == 0
+
+
 async def _dead_letters(config) -> list:
   nc = await broker.connect(config.broker, name="test")
   try:
@@ -328,7 +342,16 @@ def test_sigkilled_workers_lose_nothing_and_store_each_post_once(nats_config, tm
       publisher.publish([Post(i, posts[i]) for i in batch])
       acked.update((i, posts[i]) for i in batch)
       if start == 200:  # SIGKILL one worker holding messages it fetched; the other carries on alone
-        workers[0].signal(signal.SIGSTOP)  # frozen with its pull request open: the next messages go to it too
+        # Frozen while its pull request is open, so the burst fills that request too. Frozen at any other moment
+        # (between an ack and its next fetch), it could hold nothing, and nothing would be redelivered.
+        for _ in range(20):
+          _wait(lambda: _both_workers_wait_in_a_pull(config), timeout_s=60, what="both workers idle in a pull")
+          workers[0].signal(signal.SIGSTOP)
+          if _both_workers_wait_in_a_pull(config):  # its request did not expire (after 1 s) just before the freeze
+            break
+          workers[0].signal(signal.SIGCONT)
+        else:
+          raise AssertionError("never froze a worker with its pull request open")
         burst = ids[start + 4 : start + 104]
         publisher.publish([Post(i, posts[i]) for i in burst])
         acked.update((i, posts[i]) for i in burst)

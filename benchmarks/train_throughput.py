@@ -52,6 +52,7 @@ from benchmarks import common
 from benchmarks.torch_reference import TorchTrainer, calibrate_threads
 from postembed_jax import config_overrides, host_malloc
 from postembed_jax.data import tokenize
+from postembed_jax.train import config as train_config
 from postembed_jax.train import setup
 from postembed_jax.train import step as step_lib
 
@@ -60,8 +61,14 @@ TARGET = 1.5
 # Set over the config's own (configs/mtl.py's main job trains every task in every step from a PCA start): the
 # torch loop a user writes trains one task per step from that task's DataLoader, and the batch plan that feeds it
 # our examples is per task and step; the projection's start does not change what a step costs, and fitting the PCA
-# would add minutes of start-up.
-ONE_TASK_PER_STEP = {"data.task_mixing": "one_task_per_step", "projection_init": "random"}
+# would add minutes of start-up. The torch loop's loss is BCE on cosine for every task, so ours is too (the main job
+# trains the text-to-text tasks with InfoNCE), with every task's loss weighted 1 as in the torch loop.
+ONE_TASK_PER_STEP = {
+  "data.task_mixing": "one_task_per_step",
+  "projection_init": "random",
+  **{f"task_losses.{t}": "bce" for t in train_config.PAIR_TASKS},
+  **{f"loss_weights.{t}": 1.0 for t in train_config.PAIR_TASKS},
+}
 
 
 def load_config(spec: str = "configs/mtl.py"):

@@ -43,6 +43,15 @@ def test_ablation_variants_share_everything_but_their_budget():
   assert len(default.tasks.split(",")) == 5 and len(default.seeds.split(",")) >= 3
 
 
+def test_main_job_trains_the_text_to_text_tasks_with_infonce_and_weights_the_label_tasks_2():
+  """The recipe chosen on validation (docs/recipes/results.md); :quick and the library defaults keep BCE at weight 1."""
+  main_job, quick = (config_overrides.load_config(str(REPO / f"configs/mtl.py{v}")) for v in ("", ":quick"))
+  pair = ("interest", "hashtag", "storyline", "search", "translation")
+  assert [main_job.task_losses[t] for t in pair] == ["bce", "bce", "infonce", "infonce", "infonce"]
+  assert [main_job.loss_weights[t] for t in pair] == [2.0, 2.0, 1.0, 1.0, 1.0]
+  assert [quick.task_losses[t] for t in pair] == ["bce"] * 5 and [quick.loss_weights[t] for t in pair] == [1.0] * 5
+
+
 def test_help_text_lists_every_field_with_its_default():
   text = config_overrides.config_help(str(REPO / "configs/stl.py:search,quick"), "Training config.")
   assert "task=interest|hashtag|" in text and "quick (flag, default off)" in text

@@ -17,6 +17,15 @@ sys.path.insert(0, str(REPO))  # the benchmarks package lives at the repository 
 from benchmarks import common, gpu_mfu, train_throughput  # noqa: E402
 
 
+def test_train_throughput_trains_what_the_torch_loop_trains():
+  """The torch loop is BCE on cosine, one task per step, every loss weighted 1: the main job's InfoNCE and task
+  weights are set back, or the ratio would compare different losses."""
+  config = train_throughput.load_config("configs/mtl.py")
+  assert config.data.task_mixing == "one_task_per_step"
+  assert {config.task_losses[t] for t in train_throughput.train_config.PAIR_TASKS} == {"bce"}
+  assert {config.loss_weights[t] for t in train_throughput.train_config.PAIR_TASKS} == {1.0}
+
+
 def test_train_throughput_tiny(tiny_model_dir, tmp_path, monkeypatch):
   config = train_throughput.load_config("configs/mtl.py")
   config.model = str(tiny_model_dir)

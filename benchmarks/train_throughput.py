@@ -6,7 +6,8 @@ real Debian pairs, in one run.
 Ours: ``postembed_jax.train.setup.build(config)``, the trainer the training loop runs (pretrained
 all-MiniLM-L6-v2 -> 50-d, AdamW with warm-up, clipping, BCE on scale * cos + bias, dropout on), fed by its own
 iterator (length-bucketed single-task batches of the tasks of configs/mtl.py, batch 32, max length 128; one task
-per step and a random projection start whatever the config says, ``ONE_TASK_PER_STEP``).
+per step, a random projection start, BCE on every task at weight 1 whatever the config says:
+``TORCH_LOOP_SETTINGS``).
 
 Reference: transformers' AutoModel of the same checkpoint + mean pooling + Linear(384, 50) + normalise, the same
 loss, AdamW with the same learning rates, weight decay, schedule and clip norm, dropout on (``model.train()``).
@@ -63,7 +64,7 @@ TARGET = 1.5
 # our examples is per task and step; the projection's start does not change what a step costs, and fitting the PCA
 # would add minutes of start-up. The torch loop's loss is BCE on cosine for every task, so ours is too (the main job
 # trains the text-to-text tasks with InfoNCE), with every task's loss weighted 1 as in the torch loop.
-ONE_TASK_PER_STEP = {
+TORCH_LOOP_SETTINGS = {
   "data.task_mixing": "one_task_per_step",
   "projection_init": "random",
   **{f"task_losses.{t}": "bce" for t in train_config.PAIR_TASKS},
@@ -73,9 +74,9 @@ ONE_TASK_PER_STEP = {
 
 def load_config(spec: str = "configs/mtl.py"):
   """A training config from a config file, ``path[:arg]`` as launch/train.py takes it, relative to the repo, with
-  ``ONE_TASK_PER_STEP`` set over it."""
+  ``TORCH_LOOP_SETTINGS`` set over it."""
   config = config_overrides.load_config(str(REPO / spec))
-  config.update_from_flattened_dict(ONE_TASK_PER_STEP)
+  config.update_from_flattened_dict(TORCH_LOOP_SETTINGS)
   return config
 
 
@@ -347,7 +348,7 @@ def run_benchmark(
     "torch_attention": reference.attention,
     "model": str(config.model),
     "tasks": ours.task_names,
-    "config_overrides": ONE_TASK_PER_STEP,
+    "config_overrides": TORCH_LOOP_SETTINGS,
     "batch_size": int(config.data.batch_size),
     "pack_pairs": bool(config.get("pack_pairs", False)),
     "cpu_devices": int(config.get("cpu_devices", 0)),

@@ -1,8 +1,9 @@
 """Multi-task training on the Debian corpus: `python launch/train.py --config configs/mtl.py[:quick]`.
 
-All training tasks share one tower (all-MiniLM-L6-v2 -> 50-d), the paper's BCE-on-cosine loss per pair task, every
-task in every step, the projection started from a PCA of the base model, the best validation checkpoint exported
-(train/config.py main_job). `:quick` is the laptop / test variant: 60 steps, one task per step, a random start.
+All training tasks share one tower (all-MiniLM-L6-v2 -> 50-d), every task in every step: the paper's BCE-on-cosine
+loss, weighted 2, on interest and hashtag, InfoNCE on search, storyline and translation, the projection started from
+a PCA of the base model, the best validation checkpoint exported (train/config.py main_job). `:quick` is the laptop
+/ test variant: 60 steps, one task per step, a random start, BCE on every task.
 """
 
 from postembed_jax import config_args

@@ -44,12 +44,15 @@ def test_ablation_variants_share_everything_but_their_budget():
 
 
 def test_main_job_trains_the_text_to_text_tasks_with_infonce_and_weights_the_label_tasks_2():
-  """The recipe chosen on validation (docs/recipes/results.md); :quick and the library defaults keep BCE at weight 1."""
+  """The recipe chosen on validation (docs/recipes/results.md); :quick and the library defaults keep BCE at weight 1,
+  and a single-task run keeps weight 1."""
   main_job, quick = (config_overrides.load_config(str(REPO / f"configs/mtl.py{v}")) for v in ("", ":quick"))
   pair = ("interest", "hashtag", "storyline", "search", "translation")
   assert [main_job.task_losses[t] for t in pair] == ["bce", "bce", "infonce", "infonce", "infonce"]
   assert [main_job.loss_weights[t] for t in pair] == [2.0, 2.0, 1.0, 1.0, 1.0]
   assert [quick.task_losses[t] for t in pair] == ["bce"] * 5 and [quick.loss_weights[t] for t in pair] == [1.0] * 5
+  single = config_overrides.load_config(str(REPO / "configs/stl.py:interest"))  # no other task to weigh against
+  assert single.loss_weights["interest"] == 1.0 and single.task_losses["search"] == "infonce"
 
 
 def test_help_text_lists_every_field_with_its_default():

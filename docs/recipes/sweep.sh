@@ -9,7 +9,11 @@ cd "$(dirname "$0")/../.."
 COMMON=(--config configs/mtl.py --config.data.task_mixing=all_tasks_per_step --config.data.batch_size=16
         --config.data.max_length=64 "--config.data.bucket_lengths=(32,64)" --config.total_steps=80
         --config.optim.warmup_steps=8 --config.eval.every_steps=20 --config.eval.max_examples=300
-        --config.eval.evaluators=pair_auc,hard_negatives --config.checkpoint.every_steps=20 --config.log_every_steps=10)
+        --config.eval.evaluators=pair_auc,hard_negatives --config.checkpoint.every_steps=20 --config.log_every_steps=10
+        # the losses and weights these runs had: BCE on every task at weight 1 (the main job's defaults since 6e0fda4
+        # differ; docs/recipes/retrieval_sweep.sh)
+        --config.task_losses.search=bce --config.task_losses.storyline=bce --config.task_losses.translation=bce
+        --config.loss_weights.interest=1.0 --config.loss_weights.hashtag=1.0)
 declare -A VARIANT=(
   [base]="--config.projection_init=random"   # the main job now starts from PCA; base is the recipe before it
   [pca_init]="--config.projection_init=pca"

@@ -15,6 +15,7 @@ FIXTURE = REPO / "tests" / "fixtures" / "debian"
 sys.path.insert(0, str(REPO))  # the benchmarks package lives at the repository root
 
 from benchmarks import common, gpu_mfu, train_throughput  # noqa: E402
+from postembed_jax.data.tasks import PAIR_TASKS  # noqa: E402
 
 
 def test_train_throughput_trains_what_the_torch_loop_trains():
@@ -22,8 +23,8 @@ def test_train_throughput_trains_what_the_torch_loop_trains():
   weights are set back, or the ratio would compare different losses."""
   config = train_throughput.load_config("configs/mtl.py")
   assert config.data.task_mixing == "one_task_per_step"
-  assert {config.task_losses[t] for t in train_throughput.train_config.PAIR_TASKS} == {"bce"}
-  assert {config.loss_weights[t] for t in train_throughput.train_config.PAIR_TASKS} == {1.0}
+  assert {config.task_losses[t] for t in PAIR_TASKS} == {"bce"}
+  assert {config.loss_weights[t] for t in PAIR_TASKS} == {1.0}
 
 
 def test_train_throughput_tiny(tiny_model_dir, tmp_path, monkeypatch):

@@ -347,7 +347,7 @@ def test_sigkilled_workers_lose_nothing_and_store_each_post_once(nats_config, tm
         for _ in range(20):
           _wait(lambda: _both_workers_wait_in_a_pull(config), timeout_s=60, what="both workers idle in a pull")
           workers[0].signal(signal.SIGSTOP)
-          if _both_workers_wait_in_a_pull(config):  # its request did not expire (after 1 s) just before the freeze
+          if _both_workers_wait_in_a_pull(config):  # its request (open _IDLE_FETCH_S) did not expire at the freeze
             break
           workers[0].signal(signal.SIGCONT)
         else:

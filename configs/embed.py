@@ -39,7 +39,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   # devices JAX makes of a CPU host (postembed_jax/cpu_devices.py): 0 = JAX's own, -1 = one per core
   config.cpu_devices = 0
   # short posts share rows (block-diagonal attention): less padding, the same vectors within 1e-5; 1.08x and 1.11x
-  # the unpacked path in two runs on the idle 2-core CPU (benchmarks/results/embed_throughput.md)
+  # the unpacked path in two runs on the idle 2-core CPU (benchmarks/results/embed_throughput.md; not measured on a
+  # GPU or TPU, where it applies too)
   config.pack = True
   config.skip_bad_lines = False  # malformed lines: counted and skipped instead of stopping the job
   config.skip_empty_texts = False  # empty / whitespace-only texts: skipped and counted instead of stopping the job

@@ -4,6 +4,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from postembed_jax.data import config as data_config_lib
+from postembed_jax.data import lists
 from postembed_jax.data import tasks as tasks_lib
 from postembed_jax.data.tasks import PAIR_TASKS, TRAINABLE_TASKS  # noqa: F401 (configs read both from here)
 from postembed_jax.models import hf_io
@@ -114,7 +115,7 @@ def main_job(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
   c.data.task_mixing = "all_tasks_per_step"
   for task in TEXT_TO_TEXT_TASKS:
     c.task_losses[task] = "infonce"
-  if len(c.data.tasks.split(",")) > 1:  # a weight only means something against other tasks' losses
+  if len(lists.as_list(c.data.tasks)) > 1:  # a weight only means something against other tasks' losses
     for task in ("interest", "hashtag"):
       c.loss_weights[task] = 2.0
   c.data.max_length = 64
